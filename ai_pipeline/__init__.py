@@ -1,0 +1,1 @@
+"""ai_pipeline: paid AI generations on Replicate, orchestrated by Dagster."""

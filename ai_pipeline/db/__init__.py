@@ -1,0 +1,1 @@
+"""Database access: URLs and engines, the schema, migrations and the request state machine."""

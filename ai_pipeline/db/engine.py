@@ -1,0 +1,44 @@
+"""Engines: one per database URL per process, with connection checks that survive dropped connections."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Engine, create_engine
+
+from ai_pipeline.db.embedded import embedded_database_url
+from ai_pipeline.db.urls import normalise_database_url
+from ai_pipeline.settings import Settings
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The configured database URL, or the embedded Postgres's when none is configured."""
+    if settings.database_url:
+        return normalise_database_url(settings.database_url)
+    return embedded_database_url(settings.home)
+
+
+def engine_for_url(url: str, *, pool_size: int = 5) -> Engine:
+    """A shared engine for `url`: pre-ping drops dead connections (a restarted or killed backend)."""
+    url = normalise_database_url(url)
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=10,
+                pool_recycle=1800,
+                connect_args={"application_name": "ai_pipeline"},
+            )
+            _engines[url] = engine
+        return engine
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """The engine for the configured database."""
+    return engine_for_url(resolve_database_url(settings or Settings.from_env()))

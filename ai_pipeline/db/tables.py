@@ -1,0 +1,114 @@
+"""SQLAlchemy Core descriptions of the tables, for building queries.
+
+The migrations in `migrations/versions` own the schema; these mirror it (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("source", Text),
+    Column("rows_loaded", BigInteger, nullable=False),
+    Column("rows_refused", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("replicate_model", Text),
+    Column("replicate_version", Text),
+    Column("replicate_deployment", Text),
+    Column("credit_type", Text, nullable=False),
+    Column("credits_per_run", BigInteger, nullable=False),
+    Column("max_in_flight", Integer),
+    Column("usd_per_second", Numeric(12, 8)),
+    Column("enabled", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+generation_requests = Table(
+    "generation_requests",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("external_id", Text, unique=True),
+    Column("batch_id", Text),
+    Column("user_id", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("input", JSONB, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("available_at", DateTime(timezone=True), nullable=False),
+    Column("lease_owner", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("prediction_id", Text),
+    Column("prediction_intent_at", DateTime(timezone=True)),
+    Column("cancel_requested_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Column("output_uris", JSONB),
+    Column("outputs", JSONB),
+    Column("credits_charged", BigInteger, nullable=False),
+    Column("predict_time", Float),
+    Column("source_row", BigInteger),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+)
+
+credit_accounts = Table(
+    "credit_accounts",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("credit_type", Text, primary_key=True),
+    Column("balance", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("credit_type", Text, nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("request_id", BigInteger),
+    Column("idempotency_key", Text, unique=True),
+    Column("note", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+rate_limit_buckets = Table(
+    "rate_limit_buckets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("capacity", Float, nullable=False),
+    Column("refill_per_second", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
