@@ -123,10 +123,15 @@ CREATE INDEX credit_ledger_account ON credit_ledger (user_id, credit_type);
 -- else does, and the CHECK above refuses any row that would take it below zero.
 CREATE FUNCTION credit_ledger_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO credit_accounts AS a (user_id, credit_type, balance)
-    VALUES (NEW.user_id, NEW.credit_type, NEW.delta)
-    ON CONFLICT (user_id, credit_type)
-    DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now();
+    UPDATE credit_accounts SET balance = balance + NEW.delta, updated_at = now()
+    WHERE user_id = NEW.user_id AND credit_type = NEW.credit_type;
+    IF NOT FOUND THEN
+        -- (The CHECK applies to the proposed row before ON CONFLICT, hence update first.)
+        INSERT INTO credit_accounts AS a (user_id, credit_type, balance)
+        VALUES (NEW.user_id, NEW.credit_type, NEW.delta)
+        ON CONFLICT (user_id, credit_type)
+        DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now();
+    END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER credit_ledger_apply AFTER INSERT ON credit_ledger
