@@ -68,6 +68,8 @@ generation_requests = Table(
     Column("prediction_intent_at", DateTime(timezone=True)),
     Column("cancel_requested_at", DateTime(timezone=True)),
     Column("error", Text),
+    Column("retryable", Boolean),
+    Column("retry_of", BigInteger, unique=True),
     Column("output_uris", JSONB),
     Column("outputs", JSONB),
     Column("credits_charged", BigInteger, nullable=False),

@@ -59,6 +59,10 @@ CREATE TABLE generation_requests (
     prediction_intent_at timestamptz,
     cancel_requested_at  timestamptz,
     error                text,
+    -- For failed rows: whether trying again could succeed (a timeout could; an NSFW refusal would not).
+    retryable            boolean,
+    -- A failed request is never re-charged: reprocessing it inserts a new request that points here.
+    retry_of             bigint UNIQUE REFERENCES generation_requests (id),
     output_uris          jsonb,
     outputs              jsonb,
     credits_charged      bigint NOT NULL DEFAULT 0,

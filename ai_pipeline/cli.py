@@ -1,0 +1,148 @@
+"""The `ai-pipeline` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from ai_pipeline.catalogue import CatalogueError, load_catalogue, read_catalogue_file, upsert_models
+from ai_pipeline.credits import DEFAULT_CREDIT_TYPE, balance, grant
+from ai_pipeline.db.engine import get_engine
+from ai_pipeline.db.migrate import upgrade_database
+from ai_pipeline.db.urls import DatabaseUrlError
+from ai_pipeline.reporting import batch_summaries, format_summaries
+
+# Mistakes a user can make: reported in one line with exit code 1, never as a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DatabaseUrlError,
+    CatalogueError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+class PipelineGroup(click.Group):
+    """Turns user mistakes and an unreachable database into a clear message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OperationalError as exc:
+            message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise click.ClickException(f"cannot reach the database: {message}") from exc
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=PipelineGroup)
+@click.version_option(package_name="ai_pipeline")
+def main() -> None:
+    """Run paid AI generations on Replicate from rows in Postgres, orchestrated by Dagster."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the newest revision."""
+    revision = upgrade_database(get_engine())
+    click.echo(f"database at revision {revision}")
+
+
+@main.group()
+def credits() -> None:
+    """Grant credits and read balances."""
+
+
+@credits.command("grant")
+@click.argument("user")
+@click.argument("amount", type=click.IntRange(min=1))
+@click.option("--type", "credit_type", default=DEFAULT_CREDIT_TYPE, show_default=True)
+@click.option("--key", "idempotency_key", help="Idempotency key: a repeated grant with it is applied once.")
+@click.option("--note", help="Free text kept with the ledger entry.")
+def credits_grant(
+    user: str, amount: int, credit_type: str, idempotency_key: str | None, note: str | None
+) -> None:
+    """Give USER AMOUNT credits."""
+    with get_engine().begin() as conn:
+        entry = grant(conn, user, amount, credit_type, idempotency_key=idempotency_key, note=note)
+        current = balance(conn, user, credit_type)
+    click.echo(f"granted {entry.delta} {credit_type} to {user} (ledger entry {entry.id}); balance {current}")
+
+
+@credits.command("balance")
+@click.argument("user")
+@click.option("--type", "credit_type", default=DEFAULT_CREDIT_TYPE, show_default=True)
+def credits_balance(user: str, credit_type: str) -> None:
+    """Show USER's balance."""
+    with get_engine().connect() as conn:
+        click.echo(f"{user} {credit_type} {balance(conn, user, credit_type)}")
+
+
+@main.group()
+def models() -> None:
+    """The model catalogue."""
+
+
+@models.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def models_load(file: Path) -> None:
+    """Insert or update catalogue entries from a YAML FILE."""
+    specs = read_catalogue_file(file)
+    with get_engine().begin() as conn:
+        upsert_models(conn, specs)
+    click.echo(f"catalogue: {len(specs)} model(s) written from {file}")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_list(as_json: bool) -> None:
+    """List the catalogue."""
+    with get_engine().connect() as conn:
+        catalogue = load_catalogue(conn, enabled_only=False)
+    if as_json:
+        click.echo(json.dumps([vars(spec) for spec in catalogue.values()], indent=2))
+        return
+    for spec in catalogue.values():
+        target = spec.replicate_deployment or spec.replicate_version or spec.replicate_model
+        click.echo(f"{spec.name}\t{spec.credits_per_run} {spec.credit_type}\t{target}")
+
+
+@main.command()
+@click.option("--batch", "batch_id", help="Only this batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(batch_id: str | None, as_json: bool) -> None:
+    """Show per-batch counts per status, credits, Replicate time and latency."""
+    with get_engine().connect() as conn:
+        summaries = batch_summaries(conn, batch_id)
+    if batch_id and not summaries:
+        raise click.ClickException(f"no batch named {batch_id!r}")
+    if as_json:
+        click.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
+    elif summaries:
+        click.echo(format_summaries(summaries))
+    else:
+        click.echo("no batches yet")
+
+
+def _register_commands() -> None:
+    """Commands that live beside the code they drive."""
+    from ai_pipeline.emulator.cli import emulate
+    from ai_pipeline.loading.command import load
+
+    main.add_command(load)
+    main.add_command(emulate)
+
+
+_register_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Every move of a request through its lifecycle, each one a compare-and-set on the request's row.
+
+A run only changes a request it holds: every update below checks `status = 'processing'` and
+`lease_owner = <this run>`. A run that lost its lease (it was too slow, or declared dead and its work
+released) therefore changes nothing, and whoever holds the request now carries on. Money moves in the
+same transaction as the status it belongs to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from ai_pipeline.credits.ledger import Charge, InsufficientCredits, LedgerEntry, debit, debited_entry, refund
+from ai_pipeline.db.statuses import IllegalTransition, RequestStatus
+
+BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+_CLAIMED_COLUMNS = (
+    "id, external_id, batch_id, user_id, model, input, attempts, prediction_id, prediction_intent_at,"
+    " cancel_requested_at, credits_charged, created_at"
+)
+
+
+@dataclass(frozen=True)
+class ClaimedRequest:
+    """A request a run holds under its lease, with what it needs to resume."""
+
+    id: int
+    external_id: str | None
+    batch_id: str
+    user_id: str
+    model: str
+    input: dict[str, Any]
+    attempts: int
+    prediction_id: str | None
+    prediction_intent_at: datetime | None
+    cancel_requested_at: datetime | None
+    credits_charged: int
+    created_at: datetime
+
+
+def claim_requests(
+    conn: Connection, batch_id: str, owner: str, limit: int, lease_seconds: int
+) -> list[ClaimedRequest]:
+    """Take up to `limit` due pending requests of a batch under a lease. Rows other runs hold are skipped."""
+    rows = conn.execute(
+        text(
+            f"""
+            UPDATE generation_requests r
+            SET status = 'processing', lease_owner = :owner,
+                lease_expires_at = now() + make_interval(secs => :lease),
+                attempts = r.attempts + 1, started_at = COALESCE(r.started_at, now()), updated_at = now()
+            FROM (
+                SELECT id FROM generation_requests
+                WHERE batch_id = :batch AND status = 'pending' AND available_at <= now()
+                ORDER BY priority DESC, available_at, id
+                LIMIT :limit
+                FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE r.id = due.id
+            RETURNING {", ".join("r." + c.strip() for c in _CLAIMED_COLUMNS.split(","))}
+            """
+        ),
+        {"owner": owner, "lease": lease_seconds, "batch": batch_id, "limit": limit},
+    )
+    return sorted((ClaimedRequest(**row._mapping) for row in rows), key=lambda r: r.id)
+
+
+def renew_leases(conn: Connection, owner: str, request_ids: list[int], lease_seconds: int) -> set[int]:
+    """Extend the leases `owner` still holds; returns the ids it still holds."""
+    if not request_ids:
+        return set()
+    rows = conn.execute(
+        text(
+            "UPDATE generation_requests SET lease_expires_at = now() + make_interval(secs => :lease)"
+            " WHERE id = ANY(:ids) AND status = 'processing' AND lease_owner = :owner RETURNING id"
+        ),
+        {"lease": lease_seconds, "ids": request_ids, "owner": owner},
+    )
+    return {row.id for row in rows}
+
+
+def _hold(conn: Connection, request_id: int, owner: str) -> bool:
+    """Lock the request's row if `owner` holds it."""
+    return (
+        conn.execute(
+            text(
+                "SELECT 1 FROM generation_requests WHERE id = :id AND status = 'processing'"
+                " AND lease_owner = :owner FOR UPDATE"
+            ),
+            {"id": request_id, "owner": owner},
+        ).first()
+        is not None
+    )
+
+
+def charge_and_mark_intent(
+    conn: Connection, request_id: int, owner: str, charge: Charge
+) -> LedgerEntry | InsufficientCredits | None:
+    """Debit the request (once) and record that a prediction is about to be created.
+
+    The intent is written before the create call, so a crash between the create and storing its id is
+    visible afterwards and is reconciled instead of creating a second billed prediction.
+    Returns None when `owner` no longer holds the request.
+    """
+    if not _hold(conn, request_id, owner):
+        return None
+    result = debit(conn, charge)
+    if isinstance(result, LedgerEntry):
+        conn.execute(
+            text(
+                "UPDATE generation_requests SET credits_charged = :amount, prediction_intent_at = now(),"
+                " updated_at = now() WHERE id = :id"
+            ),
+            {"amount": -result.delta, "id": request_id},
+        )
+    return result
+
+
+def _set(conn: Connection, request_id: int, owner: str, assignments: str, **params: Any) -> bool:
+    result = conn.execute(
+        text(
+            f"UPDATE generation_requests SET {assignments}, updated_at = now()"
+            " WHERE id = :id AND status = 'processing' AND lease_owner = :owner"
+        ),
+        {"id": request_id, "owner": owner, **params},
+    )
+    return result.rowcount == 1
+
+
+def record_prediction(conn: Connection, request_id: int, owner: str, prediction_id: str) -> bool:
+    """Store the prediction's id the moment Replicate returns it."""
+    return _set(conn, request_id, owner, "prediction_id = :pid", pid=prediction_id)
+
+
+def mark_succeeded(
+    conn: Connection, request_id: int, owner: str, outputs: list[dict[str, Any]], predict_time: float | None
+) -> bool:
+    """processing → succeeded, with every stored output (uri, sha256, size, content type)."""
+    import json
+
+    return _set(
+        conn,
+        request_id,
+        owner,
+        "status = 'succeeded', output_uris = CAST(:uris AS jsonb), outputs = CAST(:outputs AS jsonb),"
+        " predict_time = :predict_time, error = NULL, completed_at = now(),"
+        " lease_owner = NULL, lease_expires_at = NULL",
+        uris=json.dumps([o["uri"] for o in outputs]),
+        outputs=json.dumps(outputs),
+        predict_time=predict_time,
+    )
+
+
+def _refund_if_debited(conn: Connection, request_id: int) -> None:
+    if debited_entry(conn, request_id) is not None:
+        refund(conn, request_id)
+
+
+def _finish_with_refund(
+    conn: Connection,
+    request_id: int,
+    owner: str | None,
+    status: RequestStatus,
+    error: str,
+    *,
+    retryable: bool | None,
+    predict_time: float | None = None,
+) -> bool:
+    owner_check = "AND lease_owner = :owner" if owner is not None else ""
+    row = conn.execute(
+        text(
+            f"SELECT status FROM generation_requests WHERE id = :id AND status IN ('pending', 'processing')"
+            f" {owner_check} FOR UPDATE"
+        ),
+        {"id": request_id, "owner": owner},
+    ).first()
+    if row is None:
+        return False
+    _refund_if_debited(conn, request_id)
+    conn.execute(
+        text(
+            "UPDATE generation_requests SET status = :status, error = :error, retryable = :retryable,"
+            " credits_charged = 0, predict_time = COALESCE(:predict_time, predict_time),"
+            " completed_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE id = :id"
+        ),
+        {
+            "status": status.value,
+            "error": error[:2000],
+            "retryable": retryable,
+            "predict_time": predict_time,
+            "id": request_id,
+        },
+    )
+    return True
+
+
+def mark_failed(
+    conn: Connection,
+    request_id: int,
+    owner: str | None,
+    error: str,
+    *,
+    retryable: bool,
+    predict_time: float | None = None,
+) -> bool:
+    """→ failed, refunding the debit (once) in the same transaction. `owner=None`: whoever holds it."""
+    return _finish_with_refund(
+        conn, request_id, owner, RequestStatus.FAILED, error, retryable=retryable, predict_time=predict_time
+    )
+
+
+def mark_canceled(conn: Connection, request_id: int, owner: str | None, reason: str) -> bool:
+    """→ canceled, refunding the debit (once) in the same transaction."""
+    return _finish_with_refund(conn, request_id, owner, RequestStatus.CANCELED, reason, retryable=False)
+
+
+def mark_rejected(conn: Connection, request_id: int, owner: str | None, reason: str) -> bool:
+    """→ rejected: refused before any charge (insufficient credits, unknown model, invalid input)."""
+    if debited_entry(conn, request_id) is not None:
+        raise IllegalTransition(
+            f"request {request_id} was debited; it can fail (and be refunded), not be rejected"
+        )
+    owner_check = "AND lease_owner = :owner" if owner is not None else ""
+    result = conn.execute(
+        text(
+            "UPDATE generation_requests SET status = 'rejected', error = :reason, retryable = false,"
+            " completed_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL"
+            f" WHERE id = :id AND status IN ('pending', 'processing') {owner_check}"
+        ),
+        {"reason": reason[:2000], "id": request_id, "owner": owner},
+    )
+    return result.rowcount == 1
+
+
+def release(conn: Connection, request_id: int, owner: str, error: str | None, delay_seconds: float) -> bool:
+    """processing → pending, due again after `delay_seconds`; keeps its debit and prediction for resuming."""
+    return _set(
+        conn,
+        request_id,
+        owner,
+        "status = 'pending', error = :error, lease_owner = NULL, lease_expires_at = NULL,"
+        " available_at = now() + make_interval(secs => :delay)",
+        error=error,
+        delay=delay_seconds,
+    )
+
+
+def release_run(conn: Connection, run_id: str, error: str) -> int:
+    """Give back everything a run (any attempt of it) still holds; returns how many.
+
+    Used when a run failed, was canceled or died, and by a retried step for its earlier attempt.
+    """
+    return conn.execute(
+        text(
+            "UPDATE generation_requests SET status = 'pending', error = :error, lease_owner = NULL,"
+            " lease_expires_at = NULL, available_at = now(), updated_at = now()"
+            " WHERE status = 'processing' AND (lease_owner = :run_id OR lease_owner LIKE :prefix)"
+        ),
+        {"run_id": run_id, "prefix": run_id.replace("%", r"\%").replace("_", r"\_") + ":%", "error": error},
+    ).rowcount
+
+
+def release_expired_leases(conn: Connection, batch_id: str | None = None, limit: int = 5000) -> int:
+    """Return requests whose run stopped renewing its lease to pending (they resume where they were)."""
+    return conn.execute(
+        text(
+            """
+            UPDATE generation_requests r
+            SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, available_at = now(),
+                error = 'lease expired: the run holding it stopped', updated_at = now()
+            FROM (
+                SELECT id FROM generation_requests
+                WHERE status = 'processing' AND lease_expires_at < now()
+                  AND (CAST(:batch AS text) IS NULL OR batch_id = :batch)
+                LIMIT :limit FOR UPDATE SKIP LOCKED
+            ) expired
+            WHERE r.id = expired.id
+            """
+        ),
+        {"batch": batch_id, "limit": limit},
+    ).rowcount
+
+
+def requeue_failed(
+    conn: Connection, batch_id: str, *, only_retryable: bool, originals_only: bool = False
+) -> int:
+    """Reprocess a batch's failed requests as new pending requests (a failed request is never re-charged).
+
+    Each failed request is copied once at most (`retry_of` is unique), so running this again adds nothing.
+    `originals_only` skips requests that are themselves retries, so automatic retries stop after one.
+    """
+    return conn.execute(
+        text(
+            f"""
+            INSERT INTO generation_requests (batch_id, user_id, model, input, priority, retry_of, source_row)
+            SELECT f.batch_id, f.user_id, f.model, f.input, f.priority, f.id, f.source_row
+            FROM generation_requests f
+            WHERE f.batch_id = :batch AND f.status = 'failed'
+              {"AND f.retryable" if only_retryable else ""}
+              {"AND f.retry_of IS NULL" if originals_only else ""}
+              AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)
+            ON CONFLICT (retry_of) DO NOTHING
+            """
+        ),
+        {"batch": batch_id},
+    ).rowcount
+
+
+def reject_invalid_batch_names(conn: Connection) -> int:
+    """Refuse pending rows whose writer gave a batch name that cannot be a partition key or S3 path."""
+    return conn.execute(
+        text(
+            "UPDATE generation_requests SET status = 'rejected', retryable = false, completed_at = now(),"
+            " updated_at = now(), error = 'invalid batch_id: use letters, digits, dot, dash, underscore'"
+            " WHERE status = 'pending' AND batch_id IS NOT NULL"
+            " AND batch_id !~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$'"
+        )
+    ).rowcount
+
+
+def assign_rolling_batch(conn: Connection, batch_id: str) -> int:
+    """Put pending requests written without a batch (one at a time by an application) into `batch_id`."""
+    moved = conn.execute(
+        text(
+            "UPDATE generation_requests SET batch_id = :batch, updated_at = now()"
+            " WHERE status = 'pending' AND batch_id IS NULL"
+        ),
+        {"batch": batch_id},
+    ).rowcount
+    if moved:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, kind, source) VALUES (:batch, 'rolling', 'application')"
+                " ON CONFLICT (id) DO NOTHING"
+            ),
+            {"batch": batch_id},
+        )
+    return moved
+
+
+def due_batches(conn: Connection) -> list[str]:
+    """Batches with pending work that is due now, found by skipping through the pending index."""
+    return list(
+        conn.execute(
+            text(
+                """
+                WITH RECURSIVE b(batch_id) AS (
+                    (SELECT batch_id FROM generation_requests
+                     WHERE status = 'pending' AND batch_id IS NOT NULL ORDER BY batch_id LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT r.batch_id FROM generation_requests r
+                            WHERE r.status = 'pending' AND r.batch_id > b.batch_id
+                            ORDER BY r.batch_id LIMIT 1)
+                    FROM b WHERE b.batch_id IS NOT NULL
+                )
+                SELECT batch_id FROM b
+                WHERE batch_id IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM generation_requests r
+                    WHERE r.status = 'pending' AND r.batch_id = b.batch_id AND r.available_at <= now())
+                """
+            )
+        ).scalars()
+    )
+
+
+def ensure_batches(conn: Connection, batch_ids: list[str]) -> None:
+    """Make sure a `batches` row exists for batches that writers named directly."""
+    if batch_ids:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, kind, source) SELECT unnest(CAST(:ids AS text[])), 'bulk', 'writer'"
+                " ON CONFLICT (id) DO NOTHING"
+            ),
+            {"ids": batch_ids},
+        )
+
+
+def open_request_count(conn: Connection, batch_id: str) -> int:
+    """Requests of a batch that are not terminal yet."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM generation_requests WHERE batch_id = :batch"
+                " AND status IN ('pending', 'processing')"
+            ),
+            {"batch": batch_id},
+        ).scalar_one()
+    )

@@ -1,0 +1,105 @@
+"""The batch asset: one materialisation per batch partition, produced by working through the batch."""
+
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    Jitter,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
+from dagster_aws.s3 import S3Resource
+from sqlalchemy import text
+
+from ai_pipeline.db import requests as transitions
+from ai_pipeline.orchestration.partitions import batch_partitions
+from ai_pipeline.orchestration.resources import (
+    DatabaseResource,
+    PipelineSettingsResource,
+    ReplicateResource,
+)
+from ai_pipeline.processing import BatchRunner
+from ai_pipeline.reporting import batch_summaries
+from ai_pipeline.storage.keys import batch_key_prefix
+from ai_pipeline.storage.manifest import write_manifest
+
+# Tag the sensor puts on the runs it launches; a run without it was launched by a person (the UI,
+# a backfill), and then the batch's failed requests are reprocessed too.
+LAUNCHED_BY_TAG = "ai_pipeline/launched_by"
+
+_MANIFEST_SQL = text(
+    "SELECT id AS request_id, external_id, user_id, model, status, output_uris, error, credits_charged,"
+    " predict_time, completed_at FROM generation_requests WHERE batch_id = :batch ORDER BY id"
+)
+
+
+def run_owner(run_id: str, retry_number: int) -> str:
+    """The lease owner for one attempt of a run's step."""
+    return f"{run_id}:{retry_number}"
+
+
+@asset(
+    partitions_def=batch_partitions,
+    retry_policy=RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
+    kinds={"replicate", "s3", "postgres"},
+    description="The generations of one batch: every due request charged, run on Replicate, stored in S3.",
+)
+def batch_generations(
+    context: AssetExecutionContext,
+    database: DatabaseResource,
+    replicate: ReplicateResource,
+    s3: S3Resource,
+    pipeline_settings: PipelineSettingsResource,
+) -> MaterializeResult:
+    batch_id = context.partition_key
+    engine = database.engine()
+    config = pipeline_settings.runner_config()
+    with engine.begin() as conn:
+        # A previous attempt of this step died: what it held is ours to resume now.
+        released = transitions.release_run(conn, context.run_id, "previous attempt of the run failed")
+        requeued = 0
+        if LAUNCHED_BY_TAG not in context.run.tags:
+            requeued = transitions.requeue_failed(conn, batch_id, only_retryable=False)
+    if released or requeued:
+        context.log.info(f"resuming {released} request(s) of an earlier attempt; requeued {requeued} failed")
+
+    s3_client = s3.get_client()
+    runner = BatchRunner(
+        engine,
+        replicate.client(max_connections=config.max_in_flight * 2),
+        s3_client,
+        config,
+        owner=run_owner(context.run_id, context.retry_number),
+    )
+    report = runner.run(batch_id)
+    context.log.info(f"batch {batch_id}: {dict(report.outcomes)} in {report.seconds:.1f}s")
+
+    with engine.connect() as conn:
+        (summary,) = batch_summaries(conn, batch_id) or [None]
+        rows = [dict(row._mapping) for row in conn.execute(_MANIFEST_SQL, {"batch": batch_id})]
+    manifest_uris = write_manifest(
+        s3_client, config.s3_bucket, batch_key_prefix(config.s3_prefix, batch_id), rows
+    )
+    metadata: dict[str, object] = {
+        "requests": len(rows),
+        "this_run": MetadataValue.json(dict(report.outcomes)),
+        "run_seconds": round(report.seconds, 2),
+        "manifest_parquet": MetadataValue.path(manifest_uris[0]),
+        "manifest_csv": MetadataValue.path(manifest_uris[1]),
+    }
+    if summary is not None:
+        metadata.update(
+            {
+                **{f"status/{status}": count for status, count in sorted(summary.counts.items())},
+                "open": summary.open,
+                "credits_debited": summary.credits_debited,
+                "credits_refunded": summary.credits_refunded,
+                "credits_charged": summary.credits_charged,
+                "replicate_predict_seconds": summary.predict_time_seconds,
+                "estimated_cost_usd": summary.estimated_cost_usd,
+                "latency_p50_seconds": summary.latency_p50_seconds or 0.0,
+                "latency_p95_seconds": summary.latency_p95_seconds or 0.0,
+            }
+        )
+    return MaterializeResult(metadata=metadata)

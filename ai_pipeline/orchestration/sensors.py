@@ -1,0 +1,124 @@
+"""Sensors: launch a run per batch with due work; give back what failed or canceled runs held."""
+
+import json
+import os
+from datetime import UTC, datetime
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
+
+from ai_pipeline.db import requests as transitions
+from ai_pipeline.orchestration.assets import LAUNCHED_BY_TAG
+from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
+from ai_pipeline.orchestration.partitions import BATCHES, batch_partitions
+from ai_pipeline.orchestration.resources import DatabaseResource
+from ai_pipeline.settings import Settings
+
+ACTIVE_RUN_STATUSES = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+# A tick launches at most this many runs: Dagster takes seconds per hundred run requests.
+MAX_RUNS_PER_TICK = 100
+
+
+def rolling_batch_name(now: datetime | None = None) -> str:
+    """The batch that collects requests an application wrote one at a time (one per UTC day)."""
+    return f"live-{(now or datetime.now(UTC)):%Y%m%d}"
+
+
+def _active_runs_per_batch(context: SensorEvaluationContext) -> dict[str, int]:
+    records = context.instance.get_run_records(
+        RunsFilter(job_name=PROCESS_BATCH_JOB, statuses=ACTIVE_RUN_STATUSES)
+    )
+    active: dict[str, int] = {}
+    for record in records:
+        key = record.dagster_run.tags.get("dagster/partition")
+        if key:
+            active[key] = active.get(key, 0) + 1
+    return active
+
+
+def _runs_per_batch() -> int:
+    return Settings.from_env().runs_per_batch
+
+
+@sensor(
+    job=process_batch_job,
+    minimum_interval_seconds=int(os.environ.get("AI_PIPELINE_SENSOR_INTERVAL_SECONDS", "5")),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Finds batches with due pending requests and launches a run per batch partition.",
+)
+def batch_sensor(context: SensorEvaluationContext, database: DatabaseResource) -> SensorResult | SkipReason:
+    with database.engine().begin() as conn:
+        refused = transitions.reject_invalid_batch_names(conn)
+        expired = transitions.release_expired_leases(conn)
+        rolled = transitions.assign_rolling_batch(conn, rolling_batch_name())
+        due = transitions.due_batches(conn)
+        transitions.ensure_batches(conn, due)
+    if refused or expired or rolled:
+        context.log.info(f"refused {refused} bad batch name(s); released {expired} lease(s); {rolled} live")
+    if not due:
+        return SkipReason("no batch has due work")
+
+    known = set(json.loads(context.cursor)) if context.cursor else set()
+    if not known.issuperset(due):
+        known = set(context.instance.get_dynamic_partitions(BATCHES))
+    new_partitions = [batch for batch in due if batch not in known]
+
+    active = _active_runs_per_batch(context)
+    runs_wanted = _runs_per_batch()
+    run_requests = []
+    for batch in due:
+        for _ in range(runs_wanted - active.get(batch, 0)):
+            run_requests.append(RunRequest(partition_key=batch, tags={LAUNCHED_BY_TAG: "sensor"}))
+        if len(run_requests) >= MAX_RUNS_PER_TICK:
+            break
+    return SensorResult(
+        run_requests=run_requests[:MAX_RUNS_PER_TICK],
+        dynamic_partitions_requests=(
+            [batch_partitions.build_add_request(new_partitions)] if new_partitions else []
+        ),
+        cursor=json.dumps(sorted(known | set(new_partitions))),
+    )
+
+
+def _release(context: RunStatusSensorContext, database: DatabaseResource, why: str) -> None:
+    run = context.dagster_run
+    with database.engine().begin() as conn:
+        released = transitions.release_run(conn, run.run_id, why)
+    if released:
+        context.log.info(f"released {released} request(s) held by run {run.run_id}")
+
+
+@run_failure_sensor(
+    monitored_jobs=[process_batch_job],
+    default_status=DefaultSensorStatus.RUNNING,
+    description="A failed run (also one whose worker was killed) gives back every request it held.",
+)
+def release_after_run_failure(context: RunFailureSensorContext, database: DatabaseResource) -> None:
+    _release(context, database, "run failed; request released for retry")
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.CANCELED,
+    monitored_jobs=[process_batch_job],
+    default_status=DefaultSensorStatus.RUNNING,
+    description="A canceled run gives back every request it held.",
+)
+def release_after_run_cancel(context: RunStatusSensorContext, database: DatabaseResource) -> None:
+    _release(context, database, "run canceled; request released for retry")

@@ -1,0 +1,1 @@
+"""Talking to Replicate through the official client: create, wait, cancel, reconcile; errors; rate limit."""
