@@ -133,6 +133,25 @@ def status(batch_id: str | None, as_json: bool) -> None:
         click.echo("no batches yet")
 
 
+@main.command()
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the batch to finish.")
+def demo(timeout: float) -> None:
+    """Run a sample batch through the whole pipeline on local stand-ins (nothing to configure)."""
+    from ai_pipeline.demo import run_demo
+
+    if not run_demo(timeout):
+        raise click.ClickException("the demo batch did not finish cleanly (see above)")
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI.")
+def dev(port: int) -> None:
+    """Start the local stand-ins, the Dagster daemon and the Dagster UI until Ctrl+C."""
+    from ai_pipeline.demo import run_dev
+
+    run_dev(port)
+
+
 def _register_commands() -> None:
     """Commands that live beside the code they drive."""
     from ai_pipeline.emulator.cli import emulate

@@ -1,0 +1,152 @@
+"""The invariants of DESIGN.md, checked against the database (and S3): tests, the demo and chaos runs.
+
+Each check returns human-readable violations; an empty list means the invariant holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from ai_pipeline.storage.uploads import verify_object
+
+_SCOPE = "(CAST(:batch AS text) IS NULL OR r.batch_id = :batch)"
+
+
+@dataclass
+class InvariantReport:
+    """Violations per invariant; `ok` when there are none."""
+
+    violations: dict[str, list[str]] = field(default_factory=dict)
+    checked_objects: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def add(self, invariant: str, problems: list[str]) -> None:
+        self.violations[invariant] = problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"all invariants hold ({self.checked_objects} S3 objects verified)"
+        lines = []
+        for invariant, problems in self.violations.items():
+            if problems:
+                lines.append(f"{invariant}: {len(problems)} violation(s), e.g. {problems[:3]}")
+        return "\n".join(lines)
+
+
+def _rows(conn: Connection, sql: str, batch: str | None) -> list[Any]:
+    return list(conn.execute(text(sql), {"batch": batch}))
+
+
+def check_invariants(
+    conn: Connection,
+    *,
+    batch_id: str | None = None,
+    s3_client: Any = None,
+    expect_all_terminal: bool = True,
+) -> InvariantReport:
+    """Check invariants 1-4 and 6 (5, one billed prediction per request, needs Replicate's side)."""
+    report = InvariantReport()
+    open_rows = _rows(
+        conn,
+        f"SELECT r.id, r.status, r.lease_expires_at < now() AS expired FROM generation_requests r"
+        f" WHERE {_SCOPE} AND r.status IN ('pending', 'processing')",
+        batch_id,
+    )
+    report.add(
+        "1 every request terminal, no expired lease",
+        [
+            f"request {r.id} is {r.status}{' with an expired lease' if r.expired else ''}"
+            for r in open_rows
+            if expect_all_terminal or r.expired
+        ],
+    )
+    report.add(
+        "2 at most one debit and one refund; refunds follow debits",
+        [
+            f"request {r.id}: {r.debits} debit(s), {r.refunds} refund(s)"
+            for r in _rows(
+                conn,
+                f"""SELECT r.id, count(*) FILTER (WHERE l.kind = 'debit') AS debits,
+                           count(*) FILTER (WHERE l.kind = 'refund') AS refunds
+                    FROM generation_requests r JOIN credit_ledger l ON l.request_id = r.id
+                    WHERE {_SCOPE} GROUP BY r.id""",
+                batch_id,
+            )
+            if r.debits > 1 or r.refunds > 1 or r.refunds > r.debits
+        ],
+    )
+    money = _rows(
+        conn,
+        f"""SELECT r.id, r.status, r.output_uris, r.outputs,
+                   EXISTS (SELECT 1 FROM credit_ledger l
+                           WHERE l.request_id = r.id AND l.kind = 'debit') AS debited,
+                   EXISTS (SELECT 1 FROM credit_ledger l
+                           WHERE l.request_id = r.id AND l.kind = 'refund') AS refunded
+            FROM generation_requests r WHERE {_SCOPE}
+              AND r.status IN ('succeeded', 'failed', 'canceled', 'rejected')""",
+        batch_id,
+    )
+    problems = []
+    for r in money:
+        if r.status == "succeeded" and (not r.debited or r.refunded):
+            problems.append(f"request {r.id} succeeded but debited={r.debited} refunded={r.refunded}")
+        if r.status in ("failed", "canceled") and r.debited and not r.refunded:
+            problems.append(f"request {r.id} {r.status} after a debit without a refund")
+        if r.status == "rejected" and r.debited:
+            problems.append(f"request {r.id} rejected but debited")
+    report.add("3 money follows the outcome", problems)
+    if s3_client is not None:
+        report.add(
+            "3 every succeeded output is in S3 with its checksum", _check_objects(money, s3_client, report)
+        )
+    report.add(
+        "4 balance = sum of ledger deltas >= 0",
+        [
+            f"{r.user_id}/{r.credit_type}: balance {r.balance}, ledger {r.ledger}"
+            for r in _rows(
+                conn,
+                """SELECT a.user_id, a.credit_type, a.balance, COALESCE(sum(l.delta), 0) AS ledger
+                   FROM credit_accounts a LEFT JOIN credit_ledger l
+                     ON l.user_id = a.user_id AND l.credit_type = a.credit_type
+                   WHERE CAST(:batch AS text) IS NULL OR a.user_id IN
+                     (SELECT user_id FROM generation_requests WHERE batch_id = :batch)
+                   GROUP BY a.user_id, a.credit_type, a.balance""",
+                batch_id,
+            )
+            if r.balance != r.ledger or r.balance < 0
+        ],
+    )
+    report.add(
+        "6 terminal failures carry a reason",
+        [
+            f"request {r.id} is {r.status} without a reason"
+            for r in _rows(
+                conn,
+                f"SELECT r.id, r.status FROM generation_requests r WHERE {_SCOPE}"
+                " AND r.status IN ('failed', 'rejected', 'canceled') AND COALESCE(r.error, '') = ''",
+                batch_id,
+            )
+        ],
+    )
+    return report
+
+
+def _check_objects(rows: list[Any], s3_client: Any, report: InvariantReport) -> list[str]:
+    problems = []
+    for r in rows:
+        if r.status != "succeeded":
+            continue
+        outputs = r.outputs or []
+        if [o["uri"] for o in outputs] != list(r.output_uris or []):
+            problems.append(f"request {r.id}: output_uris and outputs disagree")
+        for output in outputs:
+            report.checked_objects += 1
+            if not verify_object(s3_client, output["uri"], output["sha256"]):
+                problems.append(f"request {r.id}: {output['uri']} missing or checksum differs")
+    return problems

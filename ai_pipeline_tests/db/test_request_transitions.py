@@ -1,0 +1,154 @@
+"""Request transitions: claims with leases, compare-and-set settling, money in the same transaction."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, text
+
+from ai_pipeline.credits import Charge, LedgerEntry, balance, grant
+from ai_pipeline.credits.ledger import debited_entry, refunded_entry
+from ai_pipeline.db import requests as t
+from ai_pipeline.db.statuses import IllegalTransition
+from ai_pipeline_tests.support.factories import ensure_test_model, insert_request
+
+CT = "image_generation"
+
+
+def _setup(engine: Engine, unique: str, count: int = 3, credits: int = 10) -> tuple[str, str, list[int]]:
+    user, batch = f"u-{unique}", f"b-{unique}"
+    with engine.begin() as conn:
+        ensure_test_model(conn)
+        grant(conn, user, credits)
+        ids = [insert_request(conn, user, batch_id=batch) for _ in range(count)]
+    return user, batch, ids
+
+
+def _status(engine: Engine, request_id: int) -> str:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT status FROM generation_requests WHERE id = :id"), {"id": request_id}
+        ).scalar_one()
+
+
+def test_two_runs_never_claim_the_same_request(engine: Engine, unique: str) -> None:
+    _, batch, ids = _setup(engine, unique, count=5)
+    with engine.begin() as first, engine.begin() as second:
+        a = t.claim_requests(first, batch, f"run-a-{unique}", 3, 60)
+        b = t.claim_requests(second, batch, f"run-b-{unique}", 10, 60)  # skips the rows run-a has locked
+    assert {r.id for r in a}.isdisjoint({r.id for r in b})
+    assert {r.id for r in a} | {r.id for r in b} == set(ids)
+    assert all(r.attempts == 1 for r in a + b)
+
+
+def test_a_run_that_lost_its_lease_changes_nothing(engine: Engine, unique: str) -> None:
+    _, batch, (request_id,) = _setup(engine, unique, count=1)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
+        assert t.release_run(conn, f"run-a-{unique}", "run died") == 1
+        (claimed,) = t.claim_requests(conn, batch, f"run-b-{unique}", 1, 60)
+        assert claimed.id == request_id
+        assert not t.mark_succeeded(conn, request_id, f"run-a-{unique}", [], 1.0)
+        assert not t.record_prediction(conn, request_id, f"run-a-{unique}", "p-stale")
+    assert _status(engine, request_id) == "processing"
+
+
+def test_charge_records_intent_and_failure_refunds_once(engine: Engine, unique: str) -> None:
+    user, batch, (request_id,) = _setup(engine, unique, count=1, credits=5)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
+        entry = t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 2))
+        assert isinstance(entry, LedgerEntry)
+        assert balance(conn, user) == 3
+        assert t.mark_failed(conn, request_id, f"run-a-{unique}", "model failed: NSFW", retryable=False)
+        assert not t.mark_failed(conn, request_id, f"run-a-{unique}", "again", retryable=False)
+        assert balance(conn, user) == 5
+        assert refunded_entry(conn, request_id) is not None
+        row = conn.execute(
+            text(
+                "SELECT status, credits_charged, prediction_intent_at FROM generation_requests WHERE id=:id"
+            ),
+            {"id": request_id},
+        ).one()
+    assert row.status == "failed" and row.credits_charged == 0 and row.prediction_intent_at is not None
+
+
+def test_a_debited_request_cannot_be_rejected(engine: Engine, unique: str) -> None:
+    user, batch, (request_id,) = _setup(engine, unique, count=1)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
+        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1))
+        with pytest.raises(IllegalTransition):
+            t.mark_rejected(conn, request_id, f"run-a-{unique}", "unknown model")
+
+
+def test_expired_leases_go_back_to_pending_keeping_debit_and_prediction(engine: Engine, unique: str) -> None:
+    user, batch, (request_id,) = _setup(engine, unique, count=1)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
+        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1))
+        t.record_prediction(conn, request_id, f"run-a-{unique}", f"pred-{unique}")
+        conn.execute(
+            text("UPDATE generation_requests SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            {"id": request_id},
+        )
+        assert t.release_expired_leases(conn, batch) == 1
+        (resumed,) = t.claim_requests(conn, batch, f"run-b-{unique}", 1, 60)
+        assert resumed.prediction_id == f"pred-{unique}"
+        assert resumed.attempts == 2
+        assert debited_entry(conn, request_id) is not None
+
+
+def test_requeue_of_failed_requests_copies_each_once(engine: Engine, unique: str) -> None:
+    _, batch, ids = _setup(engine, unique, count=2)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 2, 60)
+        t.mark_failed(conn, ids[0], f"run-a-{unique}", "timeout starting (E6716)", retryable=True)
+        t.mark_failed(conn, ids[1], f"run-a-{unique}", "NSFW", retryable=False)
+        assert t.requeue_failed(conn, batch, only_retryable=True) == 1
+        assert t.requeue_failed(conn, batch, only_retryable=True) == 0
+        assert t.requeue_failed(conn, batch, only_retryable=False) == 1
+        assert t.requeue_failed(conn, batch, only_retryable=False) == 0
+        pending = conn.execute(
+            text("SELECT retry_of FROM generation_requests WHERE batch_id = :b AND status = 'pending'"),
+            {"b": batch},
+        ).scalars()
+        assert sorted(pending) == sorted(ids)
+
+
+def test_due_batches_finds_batches_with_due_pending_work_only(engine: Engine, unique: str) -> None:
+    _, batch, ids = _setup(engine, unique, count=2)
+    later = f"later-{unique}"
+    with engine.begin() as conn:
+        future = insert_request(conn, f"u-{unique}", batch_id=later)
+        conn.execute(
+            text("UPDATE generation_requests SET available_at = now() + interval '1 hour' WHERE id = :id"),
+            {"id": future},
+        )
+        due = t.due_batches(conn)
+    assert batch in due and later not in due
+
+
+def test_requests_without_a_batch_join_the_rolling_batch(engine: Engine, unique: str) -> None:
+    with engine.begin() as conn:
+        ensure_test_model(conn)
+        request_id = insert_request(conn, f"u-{unique}")
+        assert t.assign_rolling_batch(conn, f"live-{unique}") >= 1
+        assert (
+            conn.execute(
+                text("SELECT batch_id FROM generation_requests WHERE id = :id"), {"id": request_id}
+            ).scalar_one()
+            == f"live-{unique}"
+        )
+
+
+def test_writer_batch_names_that_cannot_be_partitions_are_rejected_with_a_reason(
+    engine: Engine, unique: str
+) -> None:
+    with engine.begin() as conn:
+        ensure_test_model(conn)
+        request_id = insert_request(conn, f"u-{unique}", batch_id=f"bad name/{unique}")
+        assert t.reject_invalid_batch_names(conn) >= 1
+        row = conn.execute(
+            text("SELECT status, error FROM generation_requests WHERE id = :id"), {"id": request_id}
+        ).one()
+    assert row.status == "rejected" and "invalid batch_id" in row.error
