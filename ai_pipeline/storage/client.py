@@ -1,0 +1,69 @@
+"""The boto3 S3 client the pipeline uses: one per process, configured for little CPU per upload.
+
+Measured (botocore 1.44, one `put_object` of a 2 KB PNG against the local moto server, CPU of the
+calling thread, median of 8 rounds of 250 calls on a shared 2-core machine, so ±20 %): about 2.0 ms with a
+default client, about 1.5 ms with `create_s3_client` (mostly from dropping `Expect: 100-continue`).
+Building a client costs 65-130 ms of CPU, so create one and share it: boto3 clients are thread-safe.
+What remains is botocore itself (event hooks, SigV4 signing, user-agent assembly, http.client); moto
+also closes every connection, so each call there includes a TCP connect a real endpoint would reuse.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.handlers import add_expect_header
+
+
+def s3_client_config(*, path_style: bool = False, max_pool_connections: int = 50) -> Config:
+    """botocore settings for our uploads.
+
+    - `request_checksum_calculation="when_required"`: `put_object` sends its own ChecksumSHA256, so
+      botocore need not compute a CRC32 of every body as well;
+    - `response_checksum_validation="when_required"`: the hot path never downloads objects;
+    - `parameter_validation=False`: our calls are fixed and typed; validating each costs CPU;
+    - a connection pool as large as the uploads in flight, so connections (and TLS sessions) are reused.
+    """
+    return Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        parameter_validation=False,
+        max_pool_connections=max_pool_connections,
+        retries={"mode": "standard", "max_attempts": 5},
+        s3={"addressing_style": "path" if path_style else "auto"},
+    )
+
+
+def create_s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region_name: str = "us-east-1",
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    max_pool_connections: int = 50,
+) -> Any:
+    """A boto3 S3 client with `s3_client_config()`.
+
+    With a custom endpoint (`endpoint_url`, or `AWS_ENDPOINT_URL[_S3]` which boto3 reads itself: MinIO,
+    R2, moto, …) path-style addressing is used, which every S3-compatible store understands. Credentials
+    default to boto3's usual chain (environment, profile).
+    """
+    custom_endpoint = (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    config = s3_client_config(path_style=bool(custom_endpoint), max_pool_connections=max_pool_connections)
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
+        config=config,
+    )
+    # botocore asks for "Expect: 100-continue" on every upload: an extra round trip and wait per PUT,
+    # worth it only for bodies big enough that sending one S3 would refuse is costly. Ours are small.
+    client.meta.events.unregister("before-call.s3", add_expect_header)
+    return client
