@@ -9,13 +9,13 @@ from dagster import (
     RetryPolicy,
     asset,
 )
-from dagster_aws.s3 import S3Resource
 from sqlalchemy import text
 
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.orchestration.partitions import batch_partitions
 from ai_pipeline.orchestration.resources import (
     DatabaseResource,
+    OutputsS3Resource,
     PipelineSettingsResource,
     ReplicateResource,
 )
@@ -49,7 +49,7 @@ def batch_generations(
     context: AssetExecutionContext,
     database: DatabaseResource,
     replicate: ReplicateResource,
-    s3: S3Resource,
+    s3: OutputsS3Resource,
     pipeline_settings: PipelineSettingsResource,
 ) -> MaterializeResult:
     batch_id = context.partition_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import replicate
 from dagster import ConfigurableResource, EnvVar
@@ -14,6 +15,7 @@ from ai_pipeline.db.engine import engine_for_url, resolve_database_url
 from ai_pipeline.processing import RunnerConfig
 from ai_pipeline.replicate.predictions import make_client
 from ai_pipeline.settings import DEFAULT_REPLICATE_BASE_URL, Settings
+from ai_pipeline.storage.client import create_s3_client
 from ai_pipeline.storage.fetch import FetchPolicy
 
 
@@ -37,6 +39,20 @@ class ReplicateResource(ConfigurableResource):  # type: ignore[type-arg]
 
     def client(self, max_connections: int = 200) -> replicate.Client:
         return make_client(self.api_token, self.base_url, max_connections=max_connections)
+
+
+class OutputsS3Resource(S3Resource):
+    """dagster-aws's S3 resource, handing out the pipeline's tuned client (see `storage.client`)."""
+
+    def get_client(self) -> Any:
+        if self.profile_name or self.use_unsigned_session or self.aws_session_token:
+            return super().get_client()  # configurations the tuned client does not cover
+        return create_s3_client(
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name or "us-east-1",
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+        )
 
 
 class PipelineSettingsResource(ConfigurableResource):  # type: ignore[type-arg]
@@ -86,7 +102,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, object]:
             api_token=EnvVar("REPLICATE_API_TOKEN"),
             base_url=settings.replicate_base_url,
         ),
-        "s3": S3Resource(
+        "s3": OutputsS3Resource(
             endpoint_url=_env_or("AWS_ENDPOINT_URL", None),
             region_name=settings.aws_region,
             aws_access_key_id=_env_or("AWS_ACCESS_KEY_ID", None),

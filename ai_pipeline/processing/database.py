@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -30,12 +31,12 @@ class TransactionRunner:
         self.reconnect_attempts = reconnect_attempts
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
 
-    def run_sync(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(conn, *args)` in a transaction, retrying it on a dropped connection."""
+    def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(conn, *args, **kwargs)` in a transaction, retrying it on a dropped connection."""
         for attempt in range(self.reconnect_attempts + 1):
             try:
                 with self.engine.begin() as conn:
-                    return fn(conn, *args)
+                    return fn(conn, *args, **kwargs)
             except DBAPIError as exc:
                 if not exc.connection_invalidated or attempt == self.reconnect_attempts:
                     raise
@@ -44,8 +45,9 @@ class TransactionRunner:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def __call__(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.run_sync, fn, *args)
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(self.run_sync, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -1,0 +1,147 @@
+"""A harness that drives the real Dagster sensor and real runs against real Postgres, S3 and the emulator.
+
+Runs execute in this process (`execute_in_process`) on a temporary Dagster instance, exactly the job
+the daemon launches; the sensor is evaluated with `build_sensor_context`, as the daemon would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    instance_for_test,
+)
+from sqlalchemy import Engine
+
+from ai_pipeline.catalogue import read_catalogue_file, upsert_models
+from ai_pipeline.demo import CATALOGUE
+from ai_pipeline.emulator.server import InProcessEmulator, run_emulator
+from ai_pipeline.orchestration.assets import batch_generations
+from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
+from ai_pipeline.orchestration.resources import (
+    DatabaseResource,
+    OutputsS3Resource,
+    PipelineSettingsResource,
+    ReplicateResource,
+)
+from ai_pipeline.orchestration.sensors import (
+    batch_sensor,
+    release_after_run_cancel,
+    release_after_run_failure,
+)
+from ai_pipeline_tests.support.s3 import create_bucket, make_s3_client, s3_endpoint
+
+TEST_TOKEN = "r8_test_token"
+
+
+@dataclass
+class PipelineHarness:
+    engine: Engine
+    database_url: str
+    emulator: InProcessEmulator
+    s3_endpoint_url: str
+    s3: Any
+    bucket: str
+    instance: DagsterInstance
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def definitions(self, **settings: Any) -> Definitions:
+        emulator = urlsplit(self.emulator.base_url)
+        resources = {
+            "database": DatabaseResource(database_url=self.database_url),
+            "replicate": ReplicateResource(api_token=TEST_TOKEN, base_url=self.emulator.base_url),
+            "s3": OutputsS3Resource(
+                endpoint_url=self.s3_endpoint_url,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            ),
+            "pipeline_settings": PipelineSettingsResource(
+                **{
+                    "s3_bucket": self.bucket,
+                    "s3_prefix": "test",
+                    "output_hosts": [f"{emulator.hostname}:{emulator.port}"],
+                    "max_in_flight": 20,
+                    "lease_seconds": 30,
+                    "creates_per_minute": 6000,
+                    "sync_wait_seconds": 5,
+                    **self.settings,
+                    **settings,
+                }
+            ),
+        }
+        return Definitions(
+            assets=[batch_generations],
+            jobs=[process_batch_job],
+            sensors=[batch_sensor, release_after_run_failure, release_after_run_cancel],
+            resources=resources,
+        )
+
+    def tick(self, defs: Definitions | None = None, cursor: str | None = None) -> SensorResult | SkipReason:
+        """Evaluate the batch sensor once and register the partitions it asks for, as the daemon does."""
+        defs = defs or self.definitions()
+        context = build_sensor_context(
+            instance=self.instance, definitions=defs, resources=defs.resources, cursor=cursor
+        )
+        result = batch_sensor(context)
+        if isinstance(result, SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                self.instance.add_dynamic_partitions(
+                    request.partitions_def_name, list(request.partition_keys)
+                )
+        return result
+
+    def run_batch(
+        self, batch_id: str, *, defs: Definitions | None = None, tags: dict[str, str] | None = None
+    ) -> Any:
+        """One real run of the batch job for a partition, as the sensor would launch it."""
+        defs = defs or self.definitions()
+        if not self.instance.has_dynamic_partition("batches", batch_id):
+            self.instance.add_dynamic_partitions("batches", [batch_id])
+        job = defs.resolve_job_def(PROCESS_BATCH_JOB)
+        return job.execute_in_process(
+            partition_key=batch_id,
+            instance=self.instance,
+            tags={"ai_pipeline/launched_by": "sensor", **(tags or {})},
+            raise_on_error=False,
+        )
+
+    def drain(self, *, max_ticks: int = 30, **settings: Any) -> list[Any]:
+        """Tick the sensor and run what it launches until no batch has due work."""
+        defs = self.definitions(**settings)
+        results = []
+        for _ in range(max_ticks):
+            result = self.tick(defs)
+            if isinstance(result, SkipReason) or not result.run_requests:
+                return results
+            for request in result.run_requests:
+                results.append(self.run_batch(request.partition_key, defs=defs, tags=dict(request.tags)))
+        raise AssertionError(f"batches still had due work after {max_ticks} sensor ticks")
+
+
+@contextmanager
+def pipeline_harness(engine: Engine, database_url: str, **emulator_config: Any) -> Iterator[PipelineHarness]:
+    """The real parts wired together: emulator, S3 endpoint, a temporary Dagster instance."""
+    with engine.begin() as conn:
+        upsert_models(conn, read_catalogue_file(CATALOGUE))
+    config = {"predict_seconds": 0.2, "predict_jitter_seconds": 0.05, "seed": 7, **emulator_config}
+    with run_emulator(**config) as emulator, s3_endpoint() as s3_url, instance_for_test() as instance:
+        s3 = make_s3_client(s3_url)
+        yield PipelineHarness(
+            engine=engine,
+            database_url=database_url,
+            emulator=emulator,
+            s3_endpoint_url=s3_url,
+            s3=s3,
+            bucket=create_bucket(s3),
+            instance=instance,
+        )
