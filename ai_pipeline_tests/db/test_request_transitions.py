@@ -116,7 +116,7 @@ def test_requeue_of_failed_requests_copies_each_once(engine: Engine, unique: str
 
 
 def test_due_batches_finds_batches_with_due_pending_work_only(engine: Engine, unique: str) -> None:
-    _, batch, ids = _setup(engine, unique, count=2)
+    _, batch, _ = _setup(engine, unique, count=2)
     later = f"later-{unique}"
     with engine.begin() as conn:
         future = insert_request(conn, f"u-{unique}", batch_id=later)
