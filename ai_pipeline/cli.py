@@ -155,9 +155,9 @@ def dev(port: int) -> None:
 def _register_commands() -> None:
     """Commands that live beside the code they drive."""
     from ai_pipeline.emulator.cli import emulate
-    from ai_pipeline.loading.command import load
+    from ai_pipeline.loading.command import load_command
 
-    main.add_command(load)
+    main.add_command(load_command)
     main.add_command(emulate)
 
 

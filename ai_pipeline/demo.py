@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,19 +71,28 @@ def _counts(engine, batch: str) -> dict[str, int]:  # type: ignore[no-untyped-de
 
 
 def wait_until_terminal(engine, batch: str, timeout: float) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Show progress until every request of the batch is terminal (or the timeout passes)."""
+    """Show progress until every request of the batch is terminal (or the timeout passes).
+
+    On a terminal the line is redrawn in place; in a log, a line is written whenever the counts change.
+    """
     deadline = time.monotonic() + timeout
     started = time.monotonic()
+    interactive = sys.stdout.isatty()
+    last = None
     while True:
         counts = _counts(engine, batch)
         total = sum(counts.values())
         open_ = counts.get("pending", 0) + counts.get("processing", 0)
         line = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        click.echo(
-            f"\r[{time.monotonic() - started:5.1f}s] {total - open_}/{total} done  {line}   ", nl=False
-        )
+        text_line = f"[{time.monotonic() - started:5.1f}s] {total - open_}/{total} done  {line}"
+        if interactive:
+            click.echo(f"\r{text_line}   ", nl=False)
+        elif counts != last:
+            click.echo(text_line)
+        last = counts
         if open_ == 0 or time.monotonic() > deadline:
-            click.echo()
+            if interactive:
+                click.echo()
             return counts
         time.sleep(1.0)
 
@@ -131,7 +141,7 @@ def run_demo(timeout: float = 600.0) -> bool:
         sample = settings.home / "demo" / f"{batch}.csv"
         _write_sample(sample)
         summary = load_file(engine, sample, batch, progress=False)
-        click.echo(f"loaded batch {batch}: {summary.inserted} requests from {sample}")
+        click.echo(f"loaded batch {batch}: {summary.rows_inserted} requests from {sample}")
         click.echo("starting the Dagster daemon; its sensor picks the batch up within seconds ...")
         with dagster_processes(stack):
             counts = wait_until_terminal(engine, batch, timeout)
