@@ -47,6 +47,8 @@ class LocalStack:
     replicate_base_url: str
     dagster_home: Path
     bucket: str = LOCAL_BUCKET
+    # The emulator's handle: stats/configure/reset; `.process` when it runs in its own process.
+    emulator: Any = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
@@ -91,18 +93,25 @@ def prepare_dagster_home(home: Path) -> Path:
 
 @contextlib.contextmanager
 def local_stack(
-    settings: Settings | None = None, *, emulator_options: dict[str, Any] | None = None
+    settings: Settings | None = None,
+    *,
+    emulator_options: dict[str, Any] | None = None,
+    emulator_in_process: bool = True,
+    dagster_database: str = "dagster",
 ) -> Iterator[LocalStack]:
-    """Start the local services (the database is migrated), yield their addresses, stop them after."""
+    """Start the local services (the database is migrated), yield their addresses, stop them after.
+
+    `emulator_in_process=False` runs the emulator in its own process (benchmarks: its CPU is its own).
+    """
     from moto.server import ThreadedMotoServer
 
-    from ai_pipeline.emulator.server import run_emulator
+    from ai_pipeline.emulator.server import emulator_process, run_emulator
     from ai_pipeline.storage.client import create_s3_client
 
     settings = settings or Settings.from_env()
     database_url = resolve_database_url(settings)
     upgrade_database(engine_for_url(database_url))
-    dagster_database_url = _ensure_database(database_url, "dagster")
+    dagster_database_url = _ensure_database(database_url, dagster_database)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
@@ -116,13 +125,15 @@ def local_stack(
             aws_secret_access_key="local",
         )
         s3.create_bucket(Bucket=LOCAL_BUCKET)
-        with run_emulator(port=0, **(emulator_options or {})) as emulator:
+        start_emulator = run_emulator if emulator_in_process else emulator_process
+        with start_emulator(port=0, **(emulator_options or {})) as emulator:
             yield LocalStack(
                 database_url=database_url,
                 dagster_database_url=dagster_database_url,
                 s3_endpoint_url=s3_url,
                 replicate_base_url=emulator.base_url,
                 dagster_home=prepare_dagster_home(settings.home),
+                emulator=emulator,
             )
     finally:
         moto.stop()
