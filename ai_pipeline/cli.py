@@ -14,6 +14,7 @@ from ai_pipeline.catalogue import CatalogueError, load_catalogue, read_catalogue
 from ai_pipeline.credits import DEFAULT_CREDIT_TYPE, balance, grant
 from ai_pipeline.db.engine import get_engine
 from ai_pipeline.db.migrate import upgrade_database
+from ai_pipeline.db.requests import cancel_requests
 from ai_pipeline.db.urls import DatabaseUrlError
 from ai_pipeline.reporting import batch_summaries, format_summaries
 
@@ -131,6 +132,25 @@ def status(batch_id: str | None, as_json: bool) -> None:
         click.echo(format_summaries(summaries))
     else:
         click.echo("no batches yet")
+
+
+@main.command()
+@click.option("--batch", "batch_id", help="Cancel every open request of this batch.")
+@click.option("--request", "request_id", type=int, help="Cancel this one request.")
+def cancel(batch_id: str | None, request_id: int | None) -> None:
+    """Cancel a batch or one request: pending work ends uncharged, work in flight is stopped and refunded."""
+    if (batch_id is None) == (request_id is None):
+        raise click.UsageError("name exactly one of --batch NAME and --request ID")
+    with get_engine().begin() as conn:
+        summary = cancel_requests(conn, batch_id=batch_id, request_id=request_id)
+    what = f"batch {batch_id!r}" if batch_id is not None else f"request {request_id}"
+    if not summary.matched:
+        raise click.ClickException(f"no {what}: nothing canceled")
+    click.echo(
+        f"{what}: {summary.canceled} canceled now ({summary.refunded} of them refunded),"
+        f" {summary.in_flight} in flight being stopped at Replicate (refunded when they end),"
+        f" {summary.finished} already finished"
+    )
 
 
 @main.command()

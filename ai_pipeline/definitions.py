@@ -10,12 +10,13 @@ from ai_pipeline.orchestration.sensors import (
     batch_sensor,
     release_after_run_cancel,
     release_after_run_failure,
+    sweeper,
 )
 
 defs = Definitions(
     assets=[batch_generations],
     jobs=[process_batch_job],
-    sensors=[batch_sensor, release_after_run_failure, release_after_run_cancel],
+    sensors=[batch_sensor, release_after_run_failure, release_after_run_cancel, sweeper],
     schedules=[retry_failed_batches],
     resources=build_resources(),
 )

@@ -84,6 +84,9 @@ class Settings:
 
     sensor_interval_seconds: int = 5
     runs_per_batch: int = 1
+    # The sweeper: how often it runs, and how long a retryable failure waits before its one retry.
+    sweep_interval_seconds: int = 15
+    retry_backoff_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -109,4 +112,6 @@ class Settings:
             sync_wait_seconds=min(60, max(1, _env_int("AI_PIPELINE_SYNC_WAIT_SECONDS", 60))),
             sensor_interval_seconds=_env_int("AI_PIPELINE_SENSOR_INTERVAL_SECONDS", 5),
             runs_per_batch=max(1, _env_int("AI_PIPELINE_RUNS_PER_BATCH", 1)),
+            sweep_interval_seconds=max(1, _env_int("AI_PIPELINE_SWEEP_INTERVAL_SECONDS", 15)),
+            retry_backoff_seconds=_env_float("AI_PIPELINE_RETRY_BACKOFF_SECONDS", 60.0),
         )

@@ -85,40 +85,31 @@ def renew_leases(conn: Connection, owner: str, request_ids: list[int], lease_sec
     return {row.id for row in rows}
 
 
-def _hold(conn: Connection, request_id: int, owner: str) -> bool:
-    """Lock the request's row if `owner` holds it."""
-    return (
-        conn.execute(
-            text(
-                "SELECT 1 FROM generation_requests WHERE id = :id AND status = 'processing'"
-                " AND lease_owner = :owner FOR UPDATE"
-            ),
-            {"id": request_id, "owner": owner},
-        ).first()
-        is not None
-    )
+class NotHeld(Exception):
+    """The caller no longer holds the request (its lease ran out or was released); nothing was written."""
 
 
 def charge_and_mark_intent(
     conn: Connection, request_id: int, owner: str, charge: Charge
-) -> LedgerEntry | InsufficientCredits | None:
+) -> LedgerEntry | InsufficientCredits:
     """Debit the request (once) and record that a prediction is about to be created.
 
     The intent is written before the create call, so a crash between the create and storing its id is
     visible afterwards and is reconciled instead of creating a second billed prediction.
-    Returns None when `owner` no longer holds the request.
+    Raises `NotHeld` (and the caller's transaction rolls the debit back) when `owner` lost the request.
     """
-    if not _hold(conn, request_id, owner):
-        return None
     result = debit(conn, charge)
-    if isinstance(result, LedgerEntry):
-        conn.execute(
-            text(
-                "UPDATE generation_requests SET credits_charged = :amount, prediction_intent_at = now(),"
-                " updated_at = now() WHERE id = :id"
-            ),
-            {"amount": -result.delta, "id": request_id},
-        )
+    if isinstance(result, InsufficientCredits):
+        return result
+    held = conn.execute(
+        text(
+            "UPDATE generation_requests SET credits_charged = :amount, prediction_intent_at = now(),"
+            " updated_at = now() WHERE id = :id AND status = 'processing' AND lease_owner = :owner"
+        ),
+        {"amount": -result.delta, "id": request_id, "owner": owner},
+    ).rowcount
+    if not held:
+        raise NotHeld(f"request {request_id} is no longer held by {owner}")
     return result
 
 
@@ -171,14 +162,15 @@ def _finish_with_refund(
     *,
     retryable: bool | None,
     predict_time: float | None = None,
+    from_statuses: tuple[RequestStatus, ...] = (RequestStatus.PENDING, RequestStatus.PROCESSING),
 ) -> bool:
     owner_check = "AND lease_owner = :owner" if owner is not None else ""
     row = conn.execute(
         text(
-            f"SELECT status FROM generation_requests WHERE id = :id AND status IN ('pending', 'processing')"
+            f"SELECT status FROM generation_requests WHERE id = :id AND status = ANY(:from_statuses)"
             f" {owner_check} FOR UPDATE"
         ),
-        {"id": request_id, "owner": owner},
+        {"id": request_id, "owner": owner, "from_statuses": [s.value for s in from_statuses]},
     ).first()
     if row is None:
         return False
@@ -252,6 +244,18 @@ def release(conn: Connection, request_id: int, owner: str, error: str | None, de
     )
 
 
+def release_many(conn: Connection, request_ids: list[int], owner: str) -> int:
+    """Give back requests `owner` claimed but never started (due again at once, attempt not counted)."""
+    return conn.execute(
+        text(
+            "UPDATE generation_requests SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
+            " attempts = attempts - 1, updated_at = now()"
+            " WHERE id = ANY(:ids) AND status = 'processing' AND lease_owner = :owner"
+        ),
+        {"ids": request_ids, "owner": owner},
+    ).rowcount
+
+
 def release_run(conn: Connection, run_id: str, error: str) -> int:
     """Give back everything a run (any attempt of it) still holds; returns how many.
 
@@ -295,6 +299,7 @@ def requeue_failed(
 
     Each failed request is copied once at most (`retry_of` is unique), so running this again adds nothing.
     `originals_only` skips requests that are themselves retries, so automatic retries stop after one.
+    A failure someone canceled (`cancel_requests`) is never retried.
     """
     return conn.execute(
         text(
@@ -305,6 +310,7 @@ def requeue_failed(
             WHERE f.batch_id = :batch AND f.status = 'failed'
               {"AND f.retryable" if only_retryable else ""}
               {"AND f.retry_of IS NULL" if originals_only else ""}
+              AND f.cancel_requested_at IS NULL
               AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)
             ON CONFLICT (retry_of) DO NOTHING
             """
@@ -393,3 +399,198 @@ def open_request_count(conn: Connection, batch_id: str) -> int:
             {"batch": batch_id},
         ).scalar_one()
     )
+
+
+# ------------------------------------------------------------------------------- cancel and sweep
+_SELECTION = (
+    "(CAST(:batch AS text) IS NULL OR batch_id = :batch) AND (CAST(:id AS bigint) IS NULL OR id = :id)"
+)
+
+
+@dataclass(frozen=True)
+class CancelSummary:
+    """What asking to cancel a batch (or one request) did."""
+
+    matched: int
+    # Pending without a prediction: ended `canceled` now; `refunded` of them had been debited.
+    canceled: int
+    refunded: int
+    # In flight: marked; their prediction is canceled at Replicate and they end `canceled`, refunded.
+    in_flight: int
+    # Already terminal: nothing left to cancel (a failure is no longer retried automatically).
+    finished: int
+
+
+def cancel_requests(
+    conn: Connection, *, batch_id: str | None = None, request_id: int | None = None
+) -> CancelSummary:
+    """Cancel a batch's (or one request's) open requests.
+
+    Pending requests that have no prediction end `canceled` at once, refunded if they were debited.
+    Requests with a prediction, or held by a run, get `cancel_requested_at`: the sweeper cancels their
+    prediction at Replicate, and whoever settles them next (the run, or the sweeper) ends them
+    `canceled` with a refund. Repeating a cancel changes nothing more.
+    """
+    if (batch_id is None) == (request_id is None):
+        raise ValueError("name exactly one of batch_id and request_id")
+    params = {"batch": batch_id, "id": request_id}
+    counts = conn.execute(
+        text(
+            "SELECT count(*) AS matched, count(*) FILTER (WHERE status NOT IN ('pending', 'processing'))"
+            f" AS finished FROM generation_requests WHERE {_SELECTION}"
+        ),
+        params,
+    ).one()
+    conn.execute(
+        text(
+            "UPDATE generation_requests SET cancel_requested_at = now(), updated_at = now()"
+            f" WHERE {_SELECTION} AND cancel_requested_at IS NULL"
+            " AND (status IN ('pending', 'processing') OR (status = 'failed' AND retryable))"
+        ),
+        params,
+    )
+    ended = list(
+        conn.execute(
+            text(
+                "UPDATE generation_requests SET status = 'canceled', error = 'canceled on request',"
+                " retryable = false, credits_charged = 0, completed_at = now(), updated_at = now()"
+                f" WHERE {_SELECTION} AND status = 'pending' AND prediction_id IS NULL"
+                " AND cancel_requested_at IS NOT NULL RETURNING id"
+            ),
+            params,
+        ).scalars()
+    )
+    refunded = 0
+    for ended_id in ended:
+        if debited_entry(conn, ended_id) is not None:
+            refund(conn, ended_id)
+            refunded += 1
+    in_flight = conn.execute(
+        text(
+            f"SELECT count(*) FROM generation_requests WHERE {_SELECTION}"
+            " AND status IN ('pending', 'processing')"
+        ),
+        params,
+    ).scalar_one()
+    return CancelSummary(
+        matched=counts.matched,
+        canceled=len(ended),
+        refunded=refunded,
+        in_flight=in_flight,
+        finished=counts.finished,
+    )
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """A request the sweeper acts on: its id, status and prediction (if it has one)."""
+
+    id: int
+    status: RequestStatus
+    prediction_id: str | None
+    attempts: int = 0
+
+
+def requests_to_cancel(conn: Connection, limit: int) -> list[OpenRequest]:
+    """Open requests someone asked to cancel (oldest request first)."""
+    rows = conn.execute(
+        text(
+            "SELECT id, status, prediction_id, attempts FROM generation_requests"
+            " WHERE cancel_requested_at IS NOT NULL AND status IN ('pending', 'processing')"
+            " ORDER BY id LIMIT :limit"
+        ),
+        {"limit": limit},
+    )
+    return [OpenRequest(r.id, RequestStatus(r.status), r.prediction_id, r.attempts) for r in rows]
+
+
+def finish_canceled_pending(conn: Connection, request_id: int) -> bool:
+    """pending (asked to cancel) → canceled, refunded if it was debited. A request a run claimed meanwhile
+    is left to that run, which cancels it itself."""
+    return _finish_with_refund(
+        conn,
+        request_id,
+        None,
+        RequestStatus.CANCELED,
+        "canceled on request",
+        retryable=False,
+        from_statuses=(RequestStatus.PENDING,),
+    )
+
+
+@dataclass(frozen=True)
+class ExpiredLeases:
+    """What settling expired leases did: released back to pending, or (out of attempts) failed + refunded."""
+
+    released: int
+    gave_up: list[OpenRequest]
+
+
+def settle_expired_leases(conn: Connection, max_attempts: int, limit: int = 5000) -> ExpiredLeases:
+    """Requests whose run stopped renewing its lease: back to pending to be resumed where they were, or,
+    when they used all `max_attempts` claims, failed with a refund (retryable: a later retry may work).
+
+    Rows a live transaction holds are skipped (SKIP LOCKED); running this twice changes nothing more.
+    """
+    expired = conn.execute(
+        text(
+            "SELECT id, prediction_id, attempts FROM generation_requests"
+            " WHERE status = 'processing' AND lease_expires_at < now()"
+            " ORDER BY lease_expires_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    ).all()
+    exhausted = [r for r in expired if r.attempts >= max_attempts]
+    to_release = [r.id for r in expired if r.attempts < max_attempts]
+    released = 0
+    if to_release:
+        released = conn.execute(
+            text(
+                "UPDATE generation_requests SET status = 'pending', lease_owner = NULL,"
+                " lease_expires_at = NULL, available_at = now(), updated_at = now(),"
+                " error = 'lease expired: the run holding it stopped' WHERE id = ANY(:ids)"
+            ),
+            {"ids": to_release},
+        ).rowcount
+    gave_up = []
+    for row in exhausted:
+        _finish_with_refund(
+            conn,
+            row.id,
+            None,
+            RequestStatus.FAILED,
+            f"gave up after {row.attempts} attempts: the run holding it stopped",
+            retryable=True,
+            from_statuses=(RequestStatus.PROCESSING,),
+        )
+        gave_up.append(OpenRequest(row.id, RequestStatus.FAILED, row.prediction_id, row.attempts))
+    return ExpiredLeases(released=released, gave_up=gave_up)
+
+
+def requeue_due_failures(
+    conn: Connection, *, backoff_seconds: float, lookback_seconds: float, limit: int = 1000
+) -> int:
+    """Retry, once, each retryable failure that ended at least `backoff_seconds` ago (and within
+    `lookback_seconds`): a new pending request that points at it (the failure itself stays refunded).
+
+    Like `requeue_failed(originals_only=True)`: retries are not retried, canceled work is not retried,
+    and running this again adds nothing.
+    """
+    return conn.execute(
+        text(
+            """
+            INSERT INTO generation_requests (batch_id, user_id, model, input, priority, retry_of, source_row)
+            SELECT f.batch_id, f.user_id, f.model, f.input, f.priority, f.id, f.source_row
+            FROM generation_requests f
+            WHERE f.status = 'failed' AND f.retryable AND f.retry_of IS NULL
+              AND f.completed_at <= now() - make_interval(secs => :backoff)
+              AND f.completed_at > now() - make_interval(secs => :lookback)
+              AND f.cancel_requested_at IS NULL
+              AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)
+            ORDER BY f.completed_at
+            LIMIT :limit
+            ON CONFLICT (retry_of) DO NOTHING
+            """
+        ),
+        {"backoff": backoff_seconds, "lookback": lookback_seconds, "limit": limit},
+    ).rowcount

@@ -67,7 +67,7 @@ def batch_generations(
     s3_client = s3.get_client()
     runner = BatchRunner(
         engine,
-        replicate.client(max_connections=config.max_in_flight * 2),
+        replicate.client(max_connections=config.max_in_flight + 10),
         s3_client,
         config,
         owner=run_owner(context.run_id, context.retry_number),

@@ -1,4 +1,4 @@
-"""Sensors: launch a run per batch with due work; give back what failed or canceled runs held."""
+"""Sensors: launch a run per batch with due work; give back what failed or canceled runs held; sweep."""
 
 import json
 import os
@@ -18,13 +18,16 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
+from sqlalchemy import Connection
 
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.orchestration.assets import LAUNCHED_BY_TAG
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
 from ai_pipeline.orchestration.partitions import BATCHES, batch_partitions
-from ai_pipeline.orchestration.resources import DatabaseResource
+from ai_pipeline.orchestration.resources import DatabaseResource, ReplicateResource
+from ai_pipeline.processing.database import run_in_transaction
 from ai_pipeline.settings import Settings
+from ai_pipeline.sweeper import SweepPolicy, replicate_canceler, sweep
 
 ACTIVE_RUN_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -64,14 +67,9 @@ def _runs_per_batch() -> int:
     description="Finds batches with due pending requests and launches a run per batch partition.",
 )
 def batch_sensor(context: SensorEvaluationContext, database: DatabaseResource) -> SensorResult | SkipReason:
-    with database.engine().begin() as conn:
-        refused = transitions.reject_invalid_batch_names(conn)
-        expired = transitions.release_expired_leases(conn)
-        rolled = transitions.assign_rolling_batch(conn, rolling_batch_name())
-        due = transitions.due_batches(conn)
-        transitions.ensure_batches(conn, due)
-    if refused or expired or rolled:
-        context.log.info(f"refused {refused} bad batch name(s); released {expired} lease(s); {rolled} live")
+    refused, rolled, due = run_in_transaction(database.engine(), _prepare_due_batches)
+    if refused or rolled:
+        context.log.info(f"refused {refused} bad batch name(s); {rolled} request(s) put in the live batch")
     if not due:
         return SkipReason("no batch has due work")
 
@@ -97,10 +95,21 @@ def batch_sensor(context: SensorEvaluationContext, database: DatabaseResource) -
     )
 
 
+def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str]]:
+    """Refuse bad batch names, batch requests written one at a time, and find batches with due work.
+
+    (Expired leases are the sweeper's: it releases them, or gives up on requests out of attempts.)
+    """
+    refused = transitions.reject_invalid_batch_names(conn)
+    rolled = transitions.assign_rolling_batch(conn, rolling_batch_name())
+    due = transitions.due_batches(conn)
+    transitions.ensure_batches(conn, due)
+    return refused, rolled, due
+
+
 def _release(context: RunStatusSensorContext, database: DatabaseResource, why: str) -> None:
     run = context.dagster_run
-    with database.engine().begin() as conn:
-        released = transitions.release_run(conn, run.run_id, why)
+    released = run_in_transaction(database.engine(), transitions.release_run, run.run_id, why)
     if released:
         context.log.info(f"released {released} request(s) held by run {run.run_id}")
 
@@ -122,3 +131,24 @@ def release_after_run_failure(context: RunFailureSensorContext, database: Databa
 )
 def release_after_run_cancel(context: RunStatusSensorContext, database: DatabaseResource) -> None:
     _release(context, database, "run canceled; request released for retry")
+
+
+@sensor(
+    minimum_interval_seconds=Settings.from_env().sweep_interval_seconds,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Sweeper: releases expired leases (fails and refunds requests out of attempts), carries out"
+        " cancels at Replicate, retries retryable failures once after a backoff. Launches no runs."
+    ),
+)
+def sweeper(
+    context: SensorEvaluationContext, database: DatabaseResource, replicate: ReplicateResource
+) -> SkipReason:
+    report = sweep(
+        database.engine(),
+        replicate_canceler(replicate.api_token, replicate.base_url),
+        SweepPolicy.from_settings(Settings.from_env()),
+    )
+    if report.changed:
+        context.log.info(report.summary())
+    return SkipReason(report.summary())

@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,7 @@ from ai_pipeline.catalogue import ModelSpec, load_catalogue
 from ai_pipeline.credits.ledger import Charge, InsufficientCredits
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.db.requests import ClaimedRequest
+from ai_pipeline.http_transport import pooled_async_transport
 from ai_pipeline.processing.database import TransactionRunner
 from ai_pipeline.replicate.errors import classify_failure, model_error_is_retryable
 from ai_pipeline.replicate.predictions import (
@@ -46,7 +47,7 @@ from ai_pipeline.replicate.predictions import (
     find_created_prediction,
     get_prediction,
 )
-from ai_pipeline.replicate.rate_limit import CREATES_BUCKET, creates_bucket, ensure_bucket, penalise, reserve
+from ai_pipeline.replicate.rate_limit import SharedCreateLimiter, creates_bucket, ensure_bucket
 from ai_pipeline.storage.errors import OutputFetchError
 from ai_pipeline.storage.fetch import FetchPolicy, fetch_output
 from ai_pipeline.storage.keys import extension_for_content_type, output_key
@@ -144,6 +145,8 @@ class BatchRunner:
         self._catalogue: dict[str, ModelSpec] = {}
         self._model_slots: dict[str, asyncio.Semaphore] = {}
         self._http: httpx.AsyncClient | None = None
+        self._create_bucket = creates_bucket(config.creates_per_minute)
+        self._limiter = SharedCreateLimiter(self.db, self._create_bucket)
 
     # ----------------------------------------------------------------------------------- the run
     def run(self, batch_id: str) -> RunReport:
@@ -159,10 +162,11 @@ class BatchRunner:
             for name, spec in self._catalogue.items()
             if spec.max_in_flight
         }
-        await self.db(ensure_bucket, creates_bucket(self.config.creates_per_minute))
+        await self.db(ensure_bucket, self._create_bucket)
         await self.db(transitions.release_expired_leases, batch_id)
-        limits = httpx.Limits(max_connections=self.config.max_in_flight * 2)
-        async with httpx.AsyncClient(limits=limits) as http:
+        # Downloads are short: a small pool suffices, and httpcore's pool costs grow with its size.
+        transport = pooled_async_transport(max(8, self.config.max_in_flight // 2), max_keepalive=16)
+        async with httpx.AsyncClient(transport=transport) as http:
             self._http = http
             renewer = asyncio.create_task(self._renew_leases())
             try:
@@ -176,24 +180,28 @@ class BatchRunner:
         return report
 
     async def _drain(self, batch_id: str, report: RunReport) -> None:
+        """Keep `max_in_flight` requests going, refilling each freed slot from a queue of claimed ones.
+
+        The queue is topped up by one claim of up to `claim_chunk` rows when it runs low, so a slot never
+        waits for the database and the database sees one claim per many requests.
+        """
+        config = self.config
         in_flight: set[asyncio.Task[str]] = set()
-        low_water = max(1, self.config.max_in_flight // 5)
+        ready: deque[ClaimedRequest] = deque()
+        refill_below = max(1, config.max_in_flight // 2)
         batch_empty = False
         try:
             while True:
-                room = self.config.max_in_flight - len(in_flight)
-                if not batch_empty and (room >= low_water or not in_flight):
+                if not batch_empty and len(ready) < refill_below:
+                    wanted = min(config.claim_chunk, config.max_in_flight)
                     claimed = await self.db(
-                        transitions.claim_requests,
-                        batch_id,
-                        self.owner,
-                        min(room, self.config.claim_chunk),
-                        self.config.lease_seconds,
+                        transitions.claim_requests, batch_id, self.owner, wanted, config.lease_seconds
                     )
-                    batch_empty = len(claimed) < min(room, self.config.claim_chunk)
-                    for request in claimed:
-                        self._held.add(request.id)
-                        in_flight.add(asyncio.create_task(self._process(request)))
+                    batch_empty = len(claimed) < wanted
+                    self._held.update(request.id for request in claimed)
+                    ready.extend(claimed)
+                while ready and len(in_flight) < config.max_in_flight:
+                    in_flight.add(asyncio.create_task(self._process(ready.popleft())))
                 if not in_flight:
                     return
                 done, in_flight = await asyncio.wait(
@@ -201,12 +209,14 @@ class BatchRunner:
                 )
                 for task in done:
                     report.outcomes[task.result()] += 1
-                if batch_empty and done:
+                if batch_empty and done and not ready:
                     # Requests handed back with no delay, or released by a sweeper, are due again.
                     batch_empty = False
         finally:
             for task in in_flight:
                 task.cancel()
+            if ready:  # only on cancellation: give back what was claimed but never started
+                await self.db(transitions.release_many, [r.id for r in ready], self.owner)
 
     async def _renew_leases(self) -> None:
         interval = max(1.0, self.config.lease_seconds / 3)
@@ -279,9 +289,10 @@ class BatchRunner:
         async with self._model_slots.get(spec.name) or contextlib.nullcontext():
             if prediction is None:
                 charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
-                result = await self.db(transitions.charge_and_mark_intent, request.id, self.owner, charge)
-                if result is None:
-                    raise LeaseLost
+                try:
+                    result = await self.db(transitions.charge_and_mark_intent, request.id, self.owner, charge)
+                except transitions.NotHeld:
+                    raise LeaseLost from None
                 if isinstance(result, InsufficientCredits):
                     return await self._reject(request, result.reason)
                 prediction = await self._create(request, spec, intent_at=datetime.now(UTC))
@@ -330,9 +341,7 @@ class BatchRunner:
     async def _create(self, request: ClaimedRequest, spec: ModelSpec, *, intent_at: datetime) -> Prediction:
         config = self.config
         for attempt in range(config.call_retries + 1):
-            wait = await self.db(reserve, CREATES_BUCKET)
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._limiter.acquire()
             try:
                 prediction = await create_prediction(
                     self.replicate, spec, request.input, wait_seconds=config.sync_wait_seconds
@@ -342,7 +351,7 @@ class BatchRunner:
                 if not failure.transient:
                     raise Permanent(failure.message) from exc
                 if failure.throttled:
-                    await self.db(penalise, CREATES_BUCKET, failure.retry_after or 10.0)
+                    await self._limiter.throttled(failure.retry_after)
                 if failure.ambiguous:
                     # The create may have happened although its answer was lost: look before retrying.
                     found = await self._find_unrecorded(request, spec, intent_at)

@@ -18,6 +18,27 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+def run_in_transaction(
+    engine: Engine, fn: Callable[..., T], *args: Any, reconnect_attempts: int = 5, **kwargs: Any
+) -> T:
+    """Run `fn(conn, *args, **kwargs)` in a transaction, again on a fresh connection if it dropped.
+
+    A transaction whose connection dropped (a restarted server, a terminated backend) rolled back as a
+    whole; every state change in it is a compare-and-set, so running it again is safe.
+    """
+    for attempt in range(reconnect_attempts + 1):
+        try:
+            with engine.begin() as conn:
+                return fn(conn, *args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == reconnect_attempts:
+                raise
+            delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+            log.warning("database connection lost in %s; retrying in %.2fs", fn.__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 class TransactionRunner:
     """Runs `fn(conn, *args)` in its own transaction on a small thread pool.
 
@@ -33,17 +54,9 @@ class TransactionRunner:
 
     def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(conn, *args, **kwargs)` in a transaction, retrying it on a dropped connection."""
-        for attempt in range(self.reconnect_attempts + 1):
-            try:
-                with self.engine.begin() as conn:
-                    return fn(conn, *args, **kwargs)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated or attempt == self.reconnect_attempts:
-                    raise
-                delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
-                log.warning("database connection lost in %s; retrying in %.2fs", fn.__name__, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        return run_in_transaction(
+            self.engine, fn, *args, reconnect_attempts=self.reconnect_attempts, **kwargs
+        )
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(self.run_sync, fn, *args, **kwargs)

@@ -11,6 +11,7 @@ import replicate
 from replicate.prediction import Prediction
 
 from ai_pipeline.catalogue import ModelSpec
+from ai_pipeline.http_transport import pooled_async_transport
 
 TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
@@ -22,7 +23,7 @@ def make_client(api_token: str | None, base_url: str, *, max_connections: int = 
         base_url=base_url,
         # Connect quickly or fail; allow a full `Prefer: wait=60` answer plus slack on reads.
         timeout=httpx.Timeout(connect=5.0, read=75.0, write=30.0, pool=60.0),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        transport=pooled_async_transport(max_connections),
     )
 
 

@@ -1,0 +1,104 @@
+"""HTTP transports for many requests in flight at once.
+
+A run keeps dozens of requests to Replicate and its delivery host in flight, and httpcore 1.0's
+connection pool is costly at that size, measured at about 3 ms of CPU per pipeline request:
+
+- its clean-up loop runs on every request and, for each idle connection, builds a list of all
+  connections only to take its length (quadratic in the pool size);
+- its "did the server close this idle connection?" check rebuilds a dict of socket attributes,
+  `getpeername` included, every time.
+
+`pooled_async_transport` returns httpx's transport with a pool that does the same with a length and a
+remembered socket. It is only installed on the httpcore line it was checked against (1.0.x); any other
+version keeps httpx's own pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+from httpcore._backends.anyio import AnyIOBackend, AnyIOStream
+from httpcore._utils import is_socket_readable
+
+_CHECKED_HTTPCORE = "1.0."
+
+
+class _CachedSocketStream(AnyIOStream):
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return is_socket_readable(self._raw_socket)
+        return super().get_extra_info(info)
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        upgraded = await super().start_tls(*args, **kwargs)
+        return _CachedSocketStream(upgraded._stream)  # type: ignore[attr-defined]
+
+
+class _CachedSocketBackend(AnyIOBackend):
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        stream = await super().connect_tcp(*args, **kwargs)
+        return _CachedSocketStream(stream._stream)  # type: ignore[attr-defined]
+
+
+class _LinearConnectionPool(httpcore.AsyncConnectionPool):
+    """httpcore's pool, with its per-request clean-up made linear in the number of connections."""
+
+    def _assign_requests_to_connections(self) -> list[Any]:
+        closing_connections = []
+        for connection in list(self._connections):
+            if connection.is_closed():
+                self._connections.remove(connection)
+            elif connection.has_expired() or (
+                connection.is_idle() and len(self._connections) > self._max_keepalive_connections
+            ):
+                self._connections.remove(connection)
+                closing_connections.append(connection)
+
+        for pool_request in [request for request in self._requests if request.is_queued()]:
+            origin = pool_request.request.url.origin
+            available = next(
+                (c for c in self._connections if c.can_handle_request(origin) and c.is_available()), None
+            )
+            if available is not None:
+                pool_request.assign_to_connection(available)
+            elif len(self._connections) < self._max_connections:
+                connection = self.create_connection(origin)
+                self._connections.append(connection)
+                pool_request.assign_to_connection(connection)
+            else:
+                idle = next((c for c in self._connections if c.is_idle()), None)
+                if idle is not None:
+                    self._connections.remove(idle)
+                    closing_connections.append(idle)
+                    connection = self.create_connection(origin)
+                    self._connections.append(connection)
+                    pool_request.assign_to_connection(connection)
+        return closing_connections
+
+
+def pooled_async_transport(
+    max_connections: int, max_keepalive: int | None = None
+) -> httpx.AsyncHTTPTransport:
+    """httpx's async transport with up to `max_connections`, keeping `max_keepalive` idle ones."""
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive if max_keepalive is not None else max_connections,
+    )
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    stock = getattr(transport, "_pool", None)
+    if httpcore.__version__.startswith(_CHECKED_HTTPCORE) and type(stock) is httpcore.AsyncConnectionPool:
+        transport._pool = _LinearConnectionPool(
+            ssl_context=stock._ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_CachedSocketBackend(),
+        )
+    return transport
