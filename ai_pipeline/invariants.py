@@ -96,6 +96,8 @@ def check_invariants(
     for r in money:
         if r.status == "succeeded" and (not r.debited or r.refunded):
             problems.append(f"request {r.id} succeeded but debited={r.debited} refunded={r.refunded}")
+        if r.status == "succeeded" and not r.output_uris:
+            problems.append(f"request {r.id} succeeded without any stored output")
         if r.status in ("failed", "canceled") and r.debited and not r.refunded:
             problems.append(f"request {r.id} {r.status} after a debit without a refund")
         if r.status == "rejected" and r.debited:

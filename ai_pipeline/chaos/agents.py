@@ -9,8 +9,8 @@ import os
 import random
 import signal
 import threading
-import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
@@ -124,32 +124,33 @@ class RequestCanceler(Agent):
         return 1
 
 
-class Storm(threading.Thread):
-    """Throttles Replicate's creates to a trickle between `start` and `start + seconds`."""
+class EmulatorWindow(threading.Thread):
+    """Changes Replicate's behaviour (an emulator config patch) from `start` for `seconds`, then restores it:
+    a 429 storm, a stretch where outputs are deleted right after predictions end."""
 
     def __init__(
         self,
-        emulator: object,
+        name: str,
+        emulator: Any,
         start: float,
         seconds: float,
-        limits: dict[str, float],
-        normal: dict[str, float],
+        patch: dict[str, Any],
+        restore: dict[str, Any],
     ) -> None:
-        super().__init__(name="429-storm", daemon=True)
+        super().__init__(name=name, daemon=True)
         self.emulator, self.start_after, self.seconds = emulator, start, seconds
-        self.limits, self.normal = limits, normal
-        self.raged = False
+        self.patch, self.restore = patch, restore
+        self.opened = False
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         if self._stop_event.wait(self.start_after):
             return
-        self.emulator.configure(**self.limits)  # type: ignore[attr-defined]
-        self.raged = True
-        started = time.monotonic()
+        self.emulator.configure(**self.patch)
+        self.opened = True
         self._stop_event.wait(self.seconds)
-        self.emulator.configure(**self.normal)  # type: ignore[attr-defined]
-        log.info("429 storm over after %.0f s", time.monotonic() - started)
+        self.emulator.configure(**self.restore)
+        log.info("%s over", self.name)
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -29,7 +29,7 @@ class ChaosFigures:
     worker_kills: int
     backend_terminations: int
     calls: int
-    failed_calls: int  # calls answered with a fault, a 429, or a failed prediction/download
+    failed_calls: int  # while faults were on: answered with a fault or a 429, or a failed prediction
     wall_seconds: float
 
     @property

@@ -15,11 +15,13 @@ EMULATOR_FAULTS: dict[str, Any] = {
     # Predictions failing: content refusals (permanent) and capacity/cold-boot trouble (retryable).
     "model_failure_rates": {"nsfw": 0.02, "oom": 0.03, "cold_timeout": 0.02},
     "cold_timeout_seconds": 3.0,
-    # Slow boots, and outputs deleted soon after the prediction ends: a prediction noticed late (a slow
-    # poll, a resume after a crash) finds its output gone.
+    # Slow boots, and outputs deleted soon after the prediction ends: a prediction noticed late (a resume
+    # after a crash) finds its output gone. Replicate deletes them after an hour, 12 default leases; here
+    # 6 chaos leases. (Much shorter, and a crash's unrecorded create can no longer be found by its input
+    # when resuming: see the report's limitations.)
     "cold_start_probability": 0.05,
     "cold_start_seconds": 8.0,
-    "output_ttl": 60.0,
+    "output_ttl": 120.0,
     # Output downloads failing or crawling.
     "download_error_rate": 0.10,
     "download_error_statuses": [500, 503, 404],

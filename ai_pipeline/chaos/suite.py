@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
-from ai_pipeline.chaos.agents import BackendTerminator, RequestCanceler, Storm, WorkerKiller
+from ai_pipeline.chaos.agents import BackendTerminator, EmulatorWindow, RequestCanceler, WorkerKiller
 from ai_pipeline.chaos.figures import ChaosFigures, count_outcomes, duplicate_predictions, failed_calls
 from ai_pipeline.chaos.scenario import EMULATOR_LIMITS, MODELS, NO_FAULTS, STORM_LIMITS, ChaosScenario
 from ai_pipeline.credits import grant
@@ -106,7 +106,8 @@ def _run(
     emulator = stack.emulator
     with dagster_processes(stack):
         started = time.monotonic()
-        storm = Storm(
+        storm = EmulatorWindow(
+            "429-storm",
             emulator,
             scenario.storm_start,
             scenario.storm_seconds,
@@ -135,6 +136,7 @@ def _run(
             storm.stop()
             for agent in agents:
                 agent.stop()
+        fault_phase_stats = emulator.stats()
         emulator.configure(**NO_FAULTS, **EMULATOR_LIMITS)
         echo(f"[{time.monotonic() - started:6.0f} s] faults stopped; draining")
         _wait(
@@ -148,7 +150,7 @@ def _run(
             agents=agents,
         )
         wall = time.monotonic() - started
-    return _judge(scenario, stack, engine, batches, agents, wall, home)
+    return _judge(scenario, stack, engine, batches, agents, wall, home, fault_phase_stats)
 
 
 def _wait(
@@ -216,6 +218,7 @@ def _judge(
     agents: list[Any],
     wall: float,
     home: Path,
+    fault_phase_stats: dict[str, Any],
 ) -> ChaosResult:
     stats = stack.emulator.stats(per_input=True)
     (home / "emulator_stats.json").write_text(json.dumps(stats, indent=1))  # kept when the run fails
@@ -229,7 +232,7 @@ def _judge(
         outcomes = count_outcomes(conn, batches, scenario.requests)
         duplicates = duplicate_predictions(conn, batches, stats["creates_by_input"]["per_input"])
         invariants = check_invariants(conn, s3_client=s3)
-    calls, failed = failed_calls(stats)
+    calls, failed = failed_calls(fault_phase_stats)  # the share while faults were on
     by_name = {agent.name: agent for agent in agents}
     figures = ChaosFigures(
         requests=scenario.requests,

@@ -144,6 +144,7 @@ class BatchRunner:
         self._held: set[int] = set()
         self._catalogue: dict[str, ModelSpec] = {}
         self._model_slots: dict[str, asyncio.Semaphore] = {}
+        self._prediction_slots = asyncio.Semaphore(config.max_in_flight)
         self._http: httpx.AsyncClient | None = None
         self._create_bucket = creates_bucket(config.creates_per_minute)
         self._limiter = SharedCreateLimiter(self.db, self._create_bucket)
@@ -180,7 +181,7 @@ class BatchRunner:
         return report
 
     async def _drain(self, batch_id: str, report: RunReport) -> None:
-        """Keep `max_in_flight` requests going, refilling each freed slot from a queue of claimed ones.
+        """Keep `max_in_flight` predictions going, refilling each freed slot from a queue of claimed requests.
 
         The queue is topped up by one claim of up to `claim_chunk` rows when it runs low, so a slot never
         waits for the database and the database sees one claim per many requests.
@@ -188,6 +189,8 @@ class BatchRunner:
         config = self.config
         in_flight: set[asyncio.Task[str]] = set()
         ready: deque[ClaimedRequest] = deque()
+        # Tasks beyond the prediction bound are downloading, storing or settling finished work.
+        max_tasks = config.max_in_flight + max(4, config.max_in_flight // 2)
         refill_below = max(1, config.max_in_flight // 2)
         batch_empty = False
         try:
@@ -200,7 +203,7 @@ class BatchRunner:
                     batch_empty = len(claimed) < wanted
                     self._held.update(request.id for request in claimed)
                     ready.extend(claimed)
-                while ready and len(in_flight) < config.max_in_flight:
+                while ready and len(in_flight) < max_tasks:
                     in_flight.add(asyncio.create_task(self._process(ready.popleft())))
                 if not in_flight:
                     return
@@ -286,7 +289,9 @@ class BatchRunner:
             return await self._reject(request, f"unknown model {request.model!r}")
 
         prediction = await self._existing_prediction(request, spec)
-        async with self._model_slots.get(spec.name) or contextlib.nullcontext():
+        # `max_in_flight` bounds predictions at Replicate (and a model's own cap, its share); charging
+        # sits inside the bound so nobody is charged long before their turn, downloads do not.
+        async with self._prediction_slots, self._model_slots.get(spec.name) or contextlib.nullcontext():
             if prediction is None:
                 charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
                 try:
@@ -420,7 +425,9 @@ class BatchRunner:
         return "succeeded" if done else "lease_lost"
 
     async def _store_outputs(self, request: ClaimedRequest, prediction: Prediction) -> list[dict[str, Any]]:
-        if prediction.output is None and getattr(prediction, "data_removed", False):
+        if prediction.output is None:
+            # The client drops Replicate's `data_removed` flag: a succeeded prediction without output had
+            # it deleted (an hour after it ended) or produced none; either way there is nothing to deliver.
             raise Permanent("output deleted before download (Replicate removes outputs after an hour)")
         stored = []
         for index, part in enumerate(output_parts(prediction.output)):

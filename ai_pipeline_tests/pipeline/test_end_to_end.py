@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import replicate
 from dagster import DagsterRunStatus
 from sqlalchemy import Engine, text
 
@@ -135,3 +136,30 @@ def test_sensor_skips_a_batch_whose_run_is_still_active(
     assert run.status == DagsterRunStatus.NOT_STARTED
     second = harness.tick()
     assert batch not in {r.partition_key for r in second.run_requests}
+
+
+def test_predictions_in_flight_never_exceed_the_configured_bound(
+    harness: PipelineHarness, engine: Engine, unique: str
+) -> None:
+    batch = f"bounded-{unique}"
+    with engine.begin() as conn:
+        grant(conn, f"u-{unique}", 100)
+        for i in range(24):
+            insert_request(
+                conn, f"u-{unique}", model="emulator/image", batch_id=batch, input={"prompt": f"{unique} {i}"}
+            )
+
+    harness.drain(max_in_flight=5)
+
+    client = replicate.Client(api_token="t", base_url=harness.emulator.base_url)
+    spans = []
+    for prediction in client.predictions.list().results:
+        if prediction.input and unique in str(prediction.input.get("prompt")):
+            spans.append((prediction.created_at, prediction.completed_at))
+    assert len(spans) == 24
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most, current = 0, 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    assert 2 <= most <= 5

@@ -1,0 +1,99 @@
+"""What crashed runs leave behind, made on purpose: the steps a run takes, and then it stops.
+
+`DeadRun` takes the very steps `BatchRunner` takes (claim under a lease, debit + intent, create at
+Replicate, store the id) and can stop between any two of them; `die()` lets its leases run out, as a
+SIGKILLed worker's do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import replicate
+from sqlalchemy import Engine, text
+
+from ai_pipeline.catalogue import load_catalogue
+from ai_pipeline.credits import Charge, LedgerEntry
+from ai_pipeline.db import requests as transitions
+from ai_pipeline.db.requests import ClaimedRequest
+from ai_pipeline.emulator.stats import canonical_json
+from ai_pipeline.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
+from ai_pipeline_tests.support.pipeline import TEST_TOKEN, PipelineHarness
+
+
+@dataclass
+class DeadRun:
+    engine: Engine
+    client: replicate.Client
+    owner: str
+
+    def claim(self, batch_id: str, limit: int = 100, lease_seconds: int = 60) -> list[ClaimedRequest]:
+        with self.engine.begin() as conn:
+            return transitions.claim_requests(conn, batch_id, self.owner, limit, lease_seconds)
+
+    def charge(self, request: ClaimedRequest) -> None:
+        with self.engine.begin() as conn:
+            spec = load_catalogue(conn)[request.model]
+            charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
+            entry = transitions.charge_and_mark_intent(conn, request.id, self.owner, charge)
+        assert isinstance(entry, LedgerEntry)
+
+    def create(self, request: ClaimedRequest) -> str:
+        """Create the request's prediction at Replicate (by version, as the catalogue says)."""
+        with self.engine.connect() as conn:
+            spec = load_catalogue(conn)[request.model]
+        return self.client.predictions.create(version=spec.replicate_version, input=request.input).id
+
+    def record(self, request: ClaimedRequest, prediction_id: str) -> None:
+        with self.engine.begin() as conn:
+            assert transitions.record_prediction(conn, request.id, self.owner, prediction_id)
+
+    def die(self) -> None:
+        """The worker is gone: nobody renews its leases, and they run out."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE generation_requests SET lease_expires_at = now() - interval '1 second'"
+                    " WHERE lease_owner = :owner AND status = 'processing'"
+                ),
+                {"owner": self.owner},
+            )
+
+
+def sweep_once(harness: PipelineHarness, **policy: Any) -> SweepReport:
+    """One sweep, canceling at the harness's emulator."""
+    canceler = replicate_canceler(TEST_TOKEN, harness.emulator.base_url)
+    return sweep(harness.engine, canceler, SweepPolicy(**policy))
+
+
+def request_row(engine: Engine, request_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT r.*, (SELECT count(*) FROM credit_ledger l WHERE l.request_id = r.id"
+                " AND l.kind = 'debit') AS debits, (SELECT count(*) FROM credit_ledger l"
+                " WHERE l.request_id = r.id AND l.kind = 'refund') AS refunds"
+                " FROM generation_requests r WHERE r.id = :id"
+            ),
+            {"id": request_id},
+        ).one()
+
+
+def creates_of(harness: PipelineHarness, model_input: dict[str, Any]) -> int:
+    """How many predictions Replicate (the emulator) created with exactly this input."""
+    wanted = canonical_json(model_input)
+    for entry in harness.emulator.stats(per_input=True)["creates_by_input"]["per_input"]:
+        if canonical_json(entry["input"]) == wanted:
+            return int(entry["creates"])
+    return 0
+
+
+def batch_statuses(engine: Engine, batch_id: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                text("SELECT status, count(*) FROM generation_requests WHERE batch_id = :b GROUP BY status"),
+                {"b": batch_id},
+            ).all()
+        )

@@ -1,0 +1,115 @@
+"""A run that died leaves its requests claimed; they are resumed where they were, never created twice."""
+
+from __future__ import annotations
+
+import replicate
+from sqlalchemy import Engine
+
+from ai_pipeline.credits import balance, grant
+from ai_pipeline.db import requests as transitions
+from ai_pipeline_tests.crash_safety.crashes import DeadRun, creates_of, request_row, sweep_once
+from ai_pipeline_tests.support.factories import insert_request
+from ai_pipeline_tests.support.pipeline import PipelineHarness
+
+
+def _one_request(engine: Engine, unique: str) -> tuple[str, str, int, dict[str, str]]:
+    batch, user, model_input = f"resume-{unique}", f"u-{unique}", {"prompt": f"a lighthouse {unique}"}
+    with engine.begin() as conn:
+        grant(conn, user, 5)
+        request_id = insert_request(conn, user, model="emulator/image", batch_id=batch, input=model_input)
+    return batch, user, request_id, model_input
+
+
+def test_a_request_whose_run_died_after_storing_its_prediction_resumes_that_prediction(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, user, request_id, model_input = _one_request(engine, unique)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    (request,) = dead.claim(batch)
+    dead.charge(request)
+    prediction_id = dead.create(request)
+    dead.record(request, prediction_id)
+    dead.die()
+
+    sweep_once(harness)
+    assert request_row(engine, request_id).status == "pending"
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    assert row.status == "succeeded" and row.prediction_id == prediction_id
+    assert creates_of(harness, model_input) == 1
+    assert (row.debits, row.refunds) == (1, 0)
+    with engine.connect() as conn:
+        assert balance(conn, user) == 4
+
+
+def test_an_intent_without_a_stored_id_is_reconciled_with_the_prediction_it_created(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, _, request_id, model_input = _one_request(engine, unique)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    (request,) = dead.claim(batch)
+    dead.charge(request)
+    prediction_id = dead.create(request)  # the answer never got stored: the worker died first
+    dead.die()
+
+    sweep_once(harness)
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    assert row.status == "succeeded" and row.prediction_id == prediction_id
+    assert creates_of(harness, model_input) == 1
+    assert (row.debits, row.refunds) == (1, 0)
+
+
+def test_an_intent_whose_create_never_left_creates_exactly_one_prediction_and_charges_once(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, user, request_id, model_input = _one_request(engine, unique)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    (request,) = dead.claim(batch)
+    dead.charge(request)  # died before the create went out
+    dead.die()
+
+    sweep_once(harness)
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    assert row.status == "succeeded" and row.prediction_id is not None
+    assert creates_of(harness, model_input) == 1
+    assert (row.debits, row.refunds) == (1, 0)
+    with engine.connect() as conn:
+        assert balance(conn, user) == 4
+
+
+def test_a_run_reclaims_expired_leases_of_its_batch_without_waiting_for_the_sweeper(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, _, request_id, model_input = _one_request(engine, unique)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    (request,) = dead.claim(batch)
+    dead.charge(request)
+    prediction_id = dead.create(request)
+    dead.record(request, prediction_id)
+    dead.die()
+
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    assert row.status == "succeeded" and row.prediction_id == prediction_id
+    assert creates_of(harness, model_input) == 1
+
+
+def test_a_live_lease_is_left_to_the_run_that_holds_it(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, _, request_id, _ = _one_request(engine, unique)
+    DeadRun(engine, replicate_client, f"slow-{unique}").claim(batch, lease_seconds=60)
+
+    sweep_once(harness)
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    with engine.begin() as conn:
+        transitions.release_run(conn, f"slow-{unique}", "test over")  # leave no lease to expire later
+    assert row.status == "processing" and row.lease_owner == f"slow-{unique}"

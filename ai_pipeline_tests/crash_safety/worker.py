@@ -1,0 +1,44 @@
+"""A run worker in its own process, for tests that SIGKILL it: one `BatchRunner` working through a batch.
+
+    python -m ai_pipeline_tests.crash_safety.worker '{"database_url": ..., "batch": ..., ...}'
+
+It is exactly what a Dagster run does inside `batch_generations`, without Dagster's start-up cost.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ai_pipeline.db.engine import engine_for_url
+from ai_pipeline.processing import BatchRunner, RunnerConfig
+from ai_pipeline.replicate.predictions import make_client
+from ai_pipeline.storage.fetch import FetchPolicy
+from ai_pipeline_tests.support.s3 import make_s3_client
+
+
+def main(raw: str) -> None:
+    options = json.loads(raw)
+    config = RunnerConfig(
+        s3_bucket=options["bucket"],
+        s3_prefix="test",
+        fetch_policy=FetchPolicy(
+            allowed_hosts=(options["output_host"],), max_bytes=10 * 1024 * 1024, timeout_seconds=30
+        ),
+        max_in_flight=options.get("max_in_flight", 20),
+        lease_seconds=options["lease_seconds"],
+        creates_per_minute=6000,
+        sync_wait_seconds=options.get("sync_wait_seconds", 1),
+    )
+    runner = BatchRunner(
+        engine_for_url(options["database_url"]),
+        make_client(options["token"], options["replicate_base_url"]),
+        make_s3_client(options["s3_endpoint_url"]),
+        config,
+        owner=options["owner"],
+    )
+    print(json.dumps(dict(runner.run(options["batch"]).outcomes)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
