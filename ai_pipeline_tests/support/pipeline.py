@@ -101,9 +101,14 @@ class PipelineHarness:
         return result
 
     def run_batch(
-        self, batch_id: str, *, defs: Definitions | None = None, tags: dict[str, str] | None = None
+        self,
+        batch_id: str,
+        *,
+        defs: Definitions | None = None,
+        tags: dict[str, str] | None = None,
+        launched_by_sensor: bool = True,
     ) -> Any:
-        """One real run of the batch job for a partition, as the sensor would launch it."""
+        """One real run of the batch job for a partition, as the sensor (or a person in the UI) would."""
         defs = defs or self.definitions()
         if not self.instance.has_dynamic_partition("batches", batch_id):
             self.instance.add_dynamic_partitions("batches", [batch_id])
@@ -111,7 +116,7 @@ class PipelineHarness:
         return job.execute_in_process(
             partition_key=batch_id,
             instance=self.instance,
-            tags={"ai_pipeline/launched_by": "sensor", **(tags or {})},
+            tags={**({"ai_pipeline/launched_by": "sensor"} if launched_by_sensor else {}), **(tags or {})},
             raise_on_error=False,
         )
 
