@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -122,8 +123,22 @@ def copy_outputs(stack: LocalStack, engine, batch: str, folder: Path) -> int:  #
     return copied
 
 
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a closing terminal) unwinds like Ctrl+C, so the daemon and servers stop too.
+
+    Python's default SIGTERM handling skips `finally` blocks, and the Dagster processes run in their
+    own session, so without this they would outlive the command.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_demo(timeout: float = 600.0) -> bool:
     """The whole demo; returns True when every request ended and every invariant holds."""
+    _stop_cleanly_on_sigterm()
     settings = Settings.from_env()
     batch = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with local_stack(settings) as stack:
@@ -174,6 +189,7 @@ def run_demo(timeout: float = 600.0) -> bool:
 
 def run_dev(port: int = 3000) -> None:
     """The local stack plus the Dagster UI and daemon, until interrupted."""
+    _stop_cleanly_on_sigterm()
     settings = Settings.from_env()
     with local_stack(settings) as stack:
         stack.apply_environment()
