@@ -26,7 +26,8 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,17 +86,23 @@ class Outcome:
 
 
 class CpuSampler:
-    """Sums the CPU time of a process tree, sampling every `interval` seconds (max seen per pid)."""
+    """Sums the CPU time of process trees, sampling every `interval` seconds (max seen per pid).
 
-    def __init__(self, roots: list[psutil.Process], interval: float = 0.25) -> None:
-        self.roots = roots
+    `roots` is a list of processes, or a function returning them (asked again at every sample).
+    """
+
+    def __init__(
+        self, roots: list[psutil.Process] | Callable[[], list[psutil.Process]], interval: float = 0.25
+    ) -> None:
+        self._roots = roots
         self.interval = interval
         self.cpu: dict[tuple[int, float], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        for root in self.roots:
+        roots = self._roots() if callable(self._roots) else self._roots
+        for root in roots:
             try:
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -127,16 +134,22 @@ class CpuSampler:
         return sum(cpu - self.baseline.get(key, 0.0) for key, cpu in self.cpu.items())
 
 
-def postgres_processes(database_url: str) -> list[psutil.Process]:
-    engine = create_engine(database_url)
-    with engine.connect() as conn:
-        data_dir = conn.execute(text("SHOW data_directory")).scalar_one()
-    engine.dispose()
-    return [
-        p
-        for p in psutil.process_iter(["name", "cmdline"])
-        if p.info["name"] in ("postgres", "postmaster") and data_dir in " ".join(p.info["cmdline"] or [])
-    ]
+def postgres_backends(server_url: str, databases: list[str]) -> Callable[[], list[psutil.Process]]:
+    """A function listing the Postgres backends serving `databases` (other users of the server excluded)."""
+    engine = create_engine(make_url(server_url).set(database="postgres"), pool_size=1)
+
+    def backends() -> list[psutil.Process]:
+        with engine.connect() as conn:
+            pids = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = ANY(:names)"), {"names": databases}
+            ).scalars()
+            found = []
+            for pid in pids:
+                with suppress(psutil.Error):
+                    found.append(psutil.Process(pid))
+            return found
+
+    return backends
 
 
 @contextmanager
@@ -217,7 +230,10 @@ def run_scenario(scenario: Scenario, server_url: str) -> Outcome:
                     wait_for_sensor(stack)
                     pipeline = CpuSampler([psutil.Process(p.pid) for p in processes]).start()
                     others = CpuSampler([psutil.Process(stack.emulator.process.pid)], interval=1.0).start()
-                    database = CpuSampler(postgres_processes(database_url), interval=1.0).start()
+                    database = CpuSampler(
+                        postgres_backends(server_url, [make_url(database_url).database, dagster_db]),
+                        interval=0.5,
+                    ).start()
                     started = time.monotonic()
                     load_file(engine, path, batch, progress=False)
                     last = None
@@ -280,8 +296,8 @@ def format_section(outcomes: list[Outcome], command: str) -> str:
         "",
         "From the load of the batch to its last terminal row, with the daemon already running "
         "(sensor every 5 s, queued run coordinator, in-process executor). CPU is summed over the daemon "
-        "and every process it starts (code server, run workers); the emulator (own process) and "
-        "Postgres are shown beside it, not counted.",
+        "and every process it starts (code server, run workers); the emulator (own process) and the "
+        "Postgres backends serving the pipeline's and Dagster's databases are shown beside it, not counted.",
         "",
         "| scenario | requests | seconds | requests/s | ideal | of ideal | pipeline CPU ms/request "
         "| emulator CPU ms/req | Postgres CPU ms/req | creates answered 429 | runs | outcome |",
