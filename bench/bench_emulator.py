@@ -40,8 +40,8 @@ if importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 from ai_pipeline.emulator import IMAGE_MODEL_VERSION, emulator_process  # noqa: E402
+from bench.results import RESULTS, write_section  # noqa: E402
 
-RESULTS = REPO / "bench" / "RESULTS.md"
 HEADING = "## Emulator throughput"
 TARGET_REQUESTS_PER_SECOND = 500
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -233,18 +233,6 @@ def main() -> None:
     if not args.no_append:
         write_section(section)
         print(f"written to {RESULTS.relative_to(REPO)}")
-
-
-def write_section(section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (others' sections stay as they are)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("\n" + text[following + 1 :] if following != -1 else "")
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

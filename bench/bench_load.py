@@ -36,6 +36,7 @@ from ai_pipeline.db.engine import engine_for_url  # noqa: E402
 from ai_pipeline.db.migrate import upgrade_database  # noqa: E402
 from ai_pipeline.loading.validation import MAX_INPUT_BYTES, MAX_PROMPT_CHARS  # noqa: E402
 from ai_pipeline_tests.support.databases import fresh_database  # noqa: E402
+from bench.results import write_section  # noqa: E402
 
 MODEL = "bench/image"
 DISABLED_MODEL = "bench/retired"
@@ -178,7 +179,7 @@ def time_copy(engine: Engine, table: str, payload: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--no-append", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args()
     rows, big_rows = args.rows, 3 * args.rows
 
@@ -274,10 +275,8 @@ def main() -> None:
     report = "\n".join(["## Bulk load (100,000 rows)", "", *notes, ""])
     print(report)
     if not args.no_append:
-        results = REPO / "bench" / "RESULTS.md"
-        with results.open("a", encoding="utf-8") as f:
-            f.write(("\n" if results.stat().st_size else "") + report)
-        print(f"appended to {results}", file=sys.stderr)
+        write_section(report)
+        print("written to bench/RESULTS.md", file=sys.stderr)
 
 
 def _line(step: str, rows: int, seconds: float, rss_mb: float | None, result: str) -> str:

@@ -49,8 +49,8 @@ from ai_pipeline.loading import load_file  # noqa: E402
 from ai_pipeline.local_stack import dagster_processes, local_stack  # noqa: E402
 from ai_pipeline.settings import Settings  # noqa: E402
 from ai_pipeline.storage.client import create_s3_client  # noqa: E402
+from bench.results import write_section  # noqa: E402
 
-RESULTS = REPO / "bench" / "RESULTS.md"
 SECTION = "## Pipeline end to end (real Dagster daemon)"
 
 
@@ -319,18 +319,6 @@ def format_section(outcomes: list[Outcome], command: str) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (others' sections stay as they are)."""
-    text_ = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text_.find(SECTION)
-    if start == -1:
-        text_ = text_.rstrip("\n") + "\n\n" + section
-    else:
-        end = text_.find("\n## ", start + len(SECTION))
-        text_ = text_[:start] + section + ("" if end == -1 else text_[end + 1 :])
-    RESULTS.write_text(text_)
 
 
 def main() -> None:
