@@ -6,6 +6,8 @@ the daemon launches; the sensor is evaluated with `build_sensor_context`, as the
 
 from __future__ import annotations
 
+import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,13 +135,47 @@ class PipelineHarness:
         raise AssertionError(f"batches still had due work after {max_ticks} sensor ticks")
 
 
+def emulator_seed_for(module_name: str) -> int:
+    """A seed of a test module's own: every module starts its own emulator, and emulators with the same
+    seed hand out the same prediction ids, which must stay unique in the session's shared database."""
+    return zlib.crc32(module_name.encode())
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block, restoring what was there before."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @contextmanager
 def pipeline_harness(engine: Engine, database_url: str, **emulator_config: Any) -> Iterator[PipelineHarness]:
-    """The real parts wired together: emulator, S3 endpoint, a temporary Dagster instance."""
+    """The real parts wired together: emulator, S3 endpoint, a temporary Dagster instance.
+
+    Runs get their database, Replicate and S3 from resources; sensors read the environment (see
+    `orchestration/sensors.py`), so the environment points at the same parts while the harness lives.
+    """
     with engine.begin() as conn:
         upsert_models(conn, read_catalogue_file(CATALOGUE))
     config = {"predict_seconds": 0.2, "predict_jitter_seconds": 0.05, "seed": 7, **emulator_config}
-    with run_emulator(**config) as emulator, s3_endpoint() as s3_url, instance_for_test() as instance:
+    with (
+        run_emulator(**config) as emulator,
+        s3_endpoint() as s3_url,
+        instance_for_test() as instance,
+        environment(
+            AI_PIPELINE_DATABASE_URL=database_url,
+            REPLICATE_BASE_URL=emulator.base_url,
+            REPLICATE_API_TOKEN=TEST_TOKEN,
+        ),
+    ):
         s3 = make_s3_client(s3_url)
         yield PipelineHarness(
             engine=engine,
