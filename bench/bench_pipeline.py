@@ -75,6 +75,7 @@ class Outcome:
     creates_429: int
     runs: int
     invariants: str
+    per_process: dict[str, float]
 
     @property
     def rate(self) -> float:
@@ -97,6 +98,7 @@ class CpuSampler:
         self._roots = roots
         self.interval = interval
         self.cpu: dict[tuple[int, float], float] = {}
+        self.names: dict[tuple[int, float], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -111,6 +113,8 @@ class CpuSampler:
                 try:
                     times = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
+                    if key not in self.names:
+                        self.names[key] = describe_process(proc)
                 except psutil.Error:
                     continue
                 self.cpu[key] = max(self.cpu.get(key, 0.0), times.user + times.system)
@@ -126,12 +130,41 @@ class CpuSampler:
         self._thread.start()
         return self
 
+    def by_process(self) -> dict[str, float]:
+        """CPU seconds since `start`, per kind of process."""
+        totals: dict[str, float] = {}
+        for key, cpu in self.cpu.items():
+            name = self.names.get(key, "?")
+            totals[name] = totals.get(name, 0.0) + cpu - self.baseline.get(key, 0.0)
+        return totals
+
     def stop(self) -> float:
         """CPU seconds used since `start`."""
         self._stop.set()
         self._thread.join()
         self._sample()
         return sum(cpu - self.baseline.get(key, 0.0) for key, cpu in self.cpu.items())
+
+
+def describe_process(proc: psutil.Process) -> str:
+    """A short name for a pipeline process: daemon, webserver, code server, run worker, ..."""
+    try:
+        command = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "?"
+    for marker, name in [
+        ("dagster-daemon", "dagster daemon"),
+        ("api grpc", "code server"),
+        ("execute_run", "run worker"),
+        ("api execute", "run worker"),
+        # The code server starts run workers with multiprocessing's spawn method.
+        ("multiprocessing.spawn", "run worker"),
+        ("multiprocessing.resource_tracker", "resource tracker"),
+        ("watch_orphans", "orphan watcher"),
+    ]:
+        if marker in command:
+            return name
+    return command[:60]
 
 
 def postgres_backends(server_url: str, databases: list[str]) -> Callable[[], list[psutil.Process]]:
@@ -251,6 +284,7 @@ def run_scenario(scenario: Scenario, server_url: str) -> Outcome:
                         time.sleep(0.2)
                     seconds = time.monotonic() - started
                     pipeline_cpu = pipeline.stop()
+                    per_process = pipeline.by_process()
                     emulator_cpu = others.stop()
                     postgres_cpu = database.stop()
                     runs = count_runs(stack.dagster_database_url)
@@ -276,6 +310,7 @@ def run_scenario(scenario: Scenario, server_url: str) -> Outcome:
         creates_429=stats["responses_429"].get("create", 0),
         runs=runs,
         invariants=report.summary(),
+        per_process=per_process,
     )
 
 
@@ -313,6 +348,12 @@ def format_section(outcomes: list[Outcome], command: str) -> str:
             f"| {o.creates_429}/{o.creates} ({o.creates_429 / max(1, o.creates):.2%}) | {o.runs} "
             f"| {o.statuses}; {o.invariants} |"
         )
+    lines += ["", "Pipeline CPU by process (seconds over the whole scenario):", ""]
+    for o in outcomes:
+        parts = ", ".join(
+            f"{name} {cpu:.1f} s" for name, cpu in sorted(o.per_process.items(), key=lambda kv: -kv[1])
+        )
+        lines.append(f"- {o.scenario.name}: {parts}")
     lines += [
         "",
         "Targets: ≥ 80 % of the ideal, ≤ 10 ms pipeline CPU per request, < 1 % of creates answered 429.",
