@@ -6,8 +6,9 @@ One sweep, in order:
    each request where it was (its debit and its prediction are kept); a request that used all its
    attempts is failed and refunded instead, and its prediction is canceled at Replicate;
 2. cancels (`ai-pipeline cancel`): the prediction of every open request asked to cancel is canceled at
-   Replicate; a pending one is then ended `canceled` and refunded here, a processing one by the run
-   that holds it, which sees its prediction end `canceled`;
+   Replicate and the request ended `canceled` and refunded (a run that still holds it changes nothing
+   more); a request whose run is still creating its prediction waits for the id, and cannot succeed
+   meanwhile (a cancel wins over a later success);
 3. retryable failures that ended at least the backoff ago are retried once, as new pending requests.
 
 Every change is a compare-and-set on the request's row in its own short transaction (retried on a
@@ -120,11 +121,11 @@ def sweep(engine: Engine, cancel_at_replicate: CancelAtReplicate, policy: SweepP
             _cancel(cancel_at_replicate, request, report)
 
     for request in run_in_transaction(engine, transitions.requests_to_cancel, policy.cancel_limit):
+        if request.prediction_id is None and request.status is RequestStatus.PROCESSING:
+            continue  # its run is creating the prediction: cancel that once its id is stored
         if request.prediction_id and not _cancel(cancel_at_replicate, request, report):
             continue  # not stopped at Replicate yet: keep the request open, try again next sweep
-        if request.status is RequestStatus.PENDING and run_in_transaction(
-            engine, transitions.finish_canceled_pending, request.id
-        ):
+        if run_in_transaction(engine, transitions.finish_canceled, request.id):
             report.canceled += 1
 
     report.retries_queued = run_in_transaction(

@@ -56,10 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         backend_kill_interval=args.backend_kill_interval or None,
     )
     result = run_chaos(scenario, keep=args.keep)
-    print(f"chaos: {result.figures.line()}")
-    print(f"invariants: {result.invariants.summary()}")
-    for problem in result.problems:
-        print(f"FAILED: {problem}")
     if not args.no_write:
         record_results(
             result, RESULTS, "python -m ai_pipeline.chaos " + " ".join(sys.argv[1:] if argv is None else argv)

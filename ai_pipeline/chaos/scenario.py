@@ -9,8 +9,8 @@ from typing import Any
 EMULATOR_FAULTS: dict[str, Any] = {
     # 5xx answers instead of the call's result, and connections closed without an answer (a dropped
     # create still creates: only the answer is lost, which is what makes duplicates possible).
-    "http_error_rates": {"create": 0.15, "get": 0.12, "other": 0.10},
-    "drop_rates": {"create": 0.07, "get": 0.05, "other": 0.05},
+    "http_error_rates": {"create": 0.18, "get": 0.16, "other": 0.15},
+    "drop_rates": {"create": 0.07, "get": 0.06, "other": 0.07},
     "dropped_create_still_creates": True,
     # Predictions failing: content refusals (permanent) and capacity/cold-boot trouble (retryable).
     "model_failure_rates": {"nsfw": 0.02, "oom": 0.03, "cold_timeout": 0.02},
@@ -23,7 +23,7 @@ EMULATOR_FAULTS: dict[str, Any] = {
     "cold_start_seconds": 8.0,
     "output_ttl": 120.0,
     # Output downloads failing or crawling.
-    "download_error_rate": 0.10,
+    "download_error_rate": 0.12,
     "download_error_statuses": [500, 503, 404],
     "download_slow_rate": 0.05,
     "download_delay_seconds": 3.0,
@@ -125,7 +125,7 @@ class ChaosScenario:
             f" throttled to {STORM_LIMITS['create_rate_per_minute']:g}/min); {kills}; {backends};"
             f" {self.cancel_share:.1%} of requests canceled mid-run; {self.poor_share:.0%} written by a user"
             f" short of credits. Faults stop once {self.faults_until_done:.0%} of requests ended; then the"
-            f" sweeper, the sensor and run monitoring drain the rest. Pipeline settings: {settings};"
+            f" sweeper, the sensor and the run-failure sensor drain the rest. Pipeline settings: {settings};"
             f" emulator seed {self.seed}."
         )
 

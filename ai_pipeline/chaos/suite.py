@@ -86,6 +86,10 @@ def run_chaos(
             f"chaos: {scenario.requests:,} requests in {len(batches)} batches; faults: {scenario.describe()}"
         )
         result = _run(scenario, stack, engine, batches, cancel_ids, echo, home)
+    echo(f"chaos: {result.figures.line()}")
+    echo(f"invariants: {result.invariants.summary()}")
+    for problem in result.problems:
+        echo(f"FAILED: {problem}")
     if result.ok:
         shutil.rmtree(home, ignore_errors=True)
     else:
@@ -114,7 +118,7 @@ def _run(
             STORM_LIMITS,
             {k: EMULATOR_LIMITS[k] for k in STORM_LIMITS},
         )
-        agents = [RequestCanceler(engine, cancel_ids, every=max(0.2, 60.0 / max(1, len(cancel_ids))))]
+        agents = [RequestCanceler(engine, cancel_ids, every=max(0.2, 20.0 / max(1, len(cancel_ids))))]
         if scenario.kill_interval:
             agents.append(WorkerKiller(scenario.kill_interval, rng))
         if scenario.backend_kill_interval:
@@ -291,7 +295,8 @@ def _load(engine: Engine, scenario: ChaosScenario, home: Path) -> tuple[list[str
                 {"b": batches},
             ).scalars()
         )
-    return batches, rng.sample(ids, int(scenario.requests * scenario.cancel_share))
+    # Cancel among the later half: they are still pending, or in flight, when the cancels come.
+    return batches, rng.sample(ids[len(ids) // 2 :], int(scenario.requests * scenario.cancel_share))
 
 
 @contextlib.contextmanager

@@ -113,11 +113,13 @@ def charge_and_mark_intent(
     return result
 
 
-def _set(conn: Connection, request_id: int, owner: str, assignments: str, **params: Any) -> bool:
+def _set(
+    conn: Connection, request_id: int, owner: str, assignments: str, *, unless: str = "false", **params: Any
+) -> bool:
     result = conn.execute(
         text(
             f"UPDATE generation_requests SET {assignments}, updated_at = now()"
-            " WHERE id = :id AND status = 'processing' AND lease_owner = :owner"
+            f" WHERE id = :id AND status = 'processing' AND lease_owner = :owner AND NOT ({unless})"
         ),
         {"id": request_id, "owner": owner, **params},
     )
@@ -132,7 +134,11 @@ def record_prediction(conn: Connection, request_id: int, owner: str, prediction_
 def mark_succeeded(
     conn: Connection, request_id: int, owner: str, outputs: list[dict[str, Any]], predict_time: float | None
 ) -> bool:
-    """processing → succeeded, with every stored output (uri, sha256, size, content type)."""
+    """processing → succeeded, with every stored output (uri, sha256, size, content type).
+
+    A cancel wins over a success that comes after it: a request someone asked to cancel does not
+    succeed (the sweeper ends it `canceled` and refunds it).
+    """
     import json
 
     return _set(
@@ -142,6 +148,7 @@ def mark_succeeded(
         "status = 'succeeded', output_uris = CAST(:uris AS jsonb), outputs = CAST(:outputs AS jsonb),"
         " predict_time = :predict_time, error = NULL, completed_at = now(),"
         " lease_owner = NULL, lease_expires_at = NULL",
+        unless="cancel_requested_at IS NOT NULL",
         uris=json.dumps([o["uri"] for o in outputs]),
         outputs=json.dumps(outputs),
         predict_time=predict_time,
@@ -259,12 +266,15 @@ def release_many(conn: Connection, request_ids: list[int], owner: str) -> int:
 def release_run(conn: Connection, run_id: str, error: str) -> int:
     """Give back everything a run (any attempt of it) still holds; returns how many.
 
-    Used when a run failed, was canceled or died, and by a retried step for its earlier attempt.
+    Used when a run failed, was canceled or died, and by a retried step for its earlier attempt. Each
+    request keeps its place in the queue (`available_at` stays as it was, due since it was claimed), so
+    the next claim resumes it first instead of after every request loaded behind it: a resume that waits
+    too long may no longer find the prediction a crash left unrecorded.
     """
     return conn.execute(
         text(
             "UPDATE generation_requests SET status = 'pending', error = :error, lease_owner = NULL,"
-            " lease_expires_at = NULL, available_at = now(), updated_at = now()"
+            " lease_expires_at = NULL, updated_at = now()"
             " WHERE status = 'processing' AND (lease_owner = :run_id OR lease_owner LIKE :prefix)"
         ),
         {"run_id": run_id, "prefix": run_id.replace("%", r"\%").replace("_", r"\_") + ":%", "error": error},
@@ -272,12 +282,13 @@ def release_run(conn: Connection, run_id: str, error: str) -> int:
 
 
 def release_expired_leases(conn: Connection, batch_id: str | None = None, limit: int = 5000) -> int:
-    """Return requests whose run stopped renewing its lease to pending (they resume where they were)."""
+    """Return requests whose run stopped renewing its lease to pending (they resume where they were, first
+    in the queue: see `release_run`)."""
     return conn.execute(
         text(
             """
             UPDATE generation_requests r
-            SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, available_at = now(),
+            SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
                 error = 'lease expired: the run holding it stopped', updated_at = now()
             FROM (
                 SELECT id FROM generation_requests
@@ -504,17 +515,21 @@ def requests_to_cancel(conn: Connection, limit: int) -> list[OpenRequest]:
     return [OpenRequest(r.id, RequestStatus(r.status), r.prediction_id, r.attempts) for r in rows]
 
 
-def finish_canceled_pending(conn: Connection, request_id: int) -> bool:
-    """pending (asked to cancel) → canceled, refunded if it was debited. A request a run claimed meanwhile
-    is left to that run, which cancels it itself."""
-    return _finish_with_refund(
-        conn,
-        request_id,
-        None,
-        RequestStatus.CANCELED,
-        "canceled on request",
-        retryable=False,
-        from_statuses=(RequestStatus.PENDING,),
+def finish_canceled(conn: Connection, request_id: int) -> bool:
+    """An open request asked to cancel → canceled, refunded if it was debited.
+
+    Only once nothing more can start for it at Replicate: it is pending, or its prediction is known
+    (and the caller canceled it there). A run that still holds it then finds it gone and changes nothing.
+    """
+    cancelable = conn.execute(
+        text(
+            "SELECT 1 FROM generation_requests WHERE id = :id AND cancel_requested_at IS NOT NULL"
+            " AND (status = 'pending' OR (status = 'processing' AND prediction_id IS NOT NULL)) FOR UPDATE"
+        ),
+        {"id": request_id},
+    ).first()
+    return cancelable is not None and _finish_with_refund(
+        conn, request_id, None, RequestStatus.CANCELED, "canceled on request", retryable=False
     )
 
 
@@ -527,8 +542,9 @@ class ExpiredLeases:
 
 
 def settle_expired_leases(conn: Connection, max_attempts: int, limit: int = 5000) -> ExpiredLeases:
-    """Requests whose run stopped renewing its lease: back to pending to be resumed where they were, or,
-    when they used all `max_attempts` claims, failed with a refund (retryable: a later retry may work).
+    """Requests whose run stopped renewing its lease: back to pending to be resumed where they were (first
+    in the queue, see `release_run`), or, when they used all `max_attempts` claims, failed with a refund
+    (retryable: a later retry may work).
 
     Rows a live transaction holds are skipped (SKIP LOCKED); running this twice changes nothing more.
     """
@@ -547,7 +563,7 @@ def settle_expired_leases(conn: Connection, max_attempts: int, limit: int = 5000
         released = conn.execute(
             text(
                 "UPDATE generation_requests SET status = 'pending', lease_owner = NULL,"
-                " lease_expires_at = NULL, available_at = now(), updated_at = now(),"
+                " lease_expires_at = NULL, updated_at = now(),"
                 " error = 'lease expired: the run holding it stopped' WHERE id = ANY(:ids)"
             ),
             {"ids": to_release},

@@ -1,5 +1,7 @@
 """The batch asset: one materialisation per batch partition, produced by working through the batch."""
 
+from typing import Any
+
 from dagster import (
     AssetExecutionContext,
     Backoff,
@@ -9,7 +11,7 @@ from dagster import (
     RetryPolicy,
     asset,
 )
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.orchestration.partitions import batch_partitions
@@ -20,7 +22,8 @@ from ai_pipeline.orchestration.resources import (
     ReplicateResource,
 )
 from ai_pipeline.processing import BatchRunner
-from ai_pipeline.reporting import batch_summaries
+from ai_pipeline.processing.database import run_in_transaction
+from ai_pipeline.reporting import BatchSummary, batch_summaries
 from ai_pipeline.storage.keys import batch_key_prefix
 from ai_pipeline.storage.manifest import write_manifest
 
@@ -39,6 +42,19 @@ def run_owner(run_id: str, retry_number: int) -> str:
     return f"{run_id}:{retry_number}"
 
 
+def _take_over(conn: Connection, run_id: str, batch_id: str, *, reprocess_failures: bool) -> tuple[int, int]:
+    """A previous attempt of this step died: what it held is ours to resume now. A run a person launched
+    (not the sensor) also reprocesses the batch's failures as new requests."""
+    released = transitions.release_run(conn, run_id, "previous attempt of the run failed")
+    requeued = transitions.requeue_failed(conn, batch_id, only_retryable=False) if reprocess_failures else 0
+    return released, requeued
+
+
+def _batch_report(conn: Connection, batch_id: str) -> tuple[BatchSummary | None, list[dict[str, Any]]]:
+    (summary,) = batch_summaries(conn, batch_id) or [None]
+    return summary, [dict(row._mapping) for row in conn.execute(_MANIFEST_SQL, {"batch": batch_id})]
+
+
 @asset(
     partitions_def=batch_partitions,
     retry_policy=RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
@@ -55,12 +71,13 @@ def batch_generations(
     batch_id = context.partition_key
     engine = database.engine()
     config = pipeline_settings.runner_config()
-    with engine.begin() as conn:
-        # A previous attempt of this step died: what it held is ours to resume now.
-        released = transitions.release_run(conn, context.run_id, "previous attempt of the run failed")
-        requeued = 0
-        if LAUNCHED_BY_TAG not in context.run.tags:
-            requeued = transitions.requeue_failed(conn, batch_id, only_retryable=False)
+    released, requeued = run_in_transaction(
+        engine,
+        _take_over,
+        context.run_id,
+        batch_id,
+        reprocess_failures=LAUNCHED_BY_TAG not in context.run.tags,
+    )
     if released or requeued:
         context.log.info(f"resuming {released} request(s) of an earlier attempt; requeued {requeued} failed")
 
@@ -75,9 +92,7 @@ def batch_generations(
     report = runner.run(batch_id)
     context.log.info(f"batch {batch_id}: {dict(report.outcomes)} in {report.seconds:.1f}s")
 
-    with engine.connect() as conn:
-        (summary,) = batch_summaries(conn, batch_id) or [None]
-        rows = [dict(row._mapping) for row in conn.execute(_MANIFEST_SQL, {"batch": batch_id})]
+    summary, rows = run_in_transaction(engine, _batch_report, batch_id)
     manifest_uris = write_manifest(
         s3_client, config.s3_bucket, batch_key_prefix(config.s3_prefix, batch_id), rows
     )

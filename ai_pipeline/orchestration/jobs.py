@@ -5,6 +5,7 @@ from dagster import AssetSelection, HookContext, define_asset_job, failure_hook,
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.orchestration.assets import batch_generations
 from ai_pipeline.orchestration.partitions import batch_partitions
+from ai_pipeline.processing.database import run_in_transaction
 
 PROCESS_BATCH_JOB = "process_batch"
 
@@ -15,8 +16,12 @@ def release_held_requests(context: HookContext) -> None:
 
     A SIGKILLed run fires no hook; the run-failure sensor and expiring leases cover that case.
     """
-    with context.resources.database.engine().begin() as conn:
-        released = transitions.release_run(conn, context.run_id, "run failed; request released for retry")
+    released = run_in_transaction(
+        context.resources.database.engine(),
+        transitions.release_run,
+        context.run_id,
+        "run failed; request released for retry",
+    )
     context.log.info(f"released {released} request(s) held by failed run {context.run_id}")
 
 

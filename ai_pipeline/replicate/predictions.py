@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +14,7 @@ from replicate.prediction import Prediction
 
 from ai_pipeline.catalogue import ModelSpec
 from ai_pipeline.http_transport import pooled_async_transport
+from ai_pipeline.replicate.errors import classify_failure
 
 TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
@@ -89,7 +92,7 @@ async def find_created_prediction(
     cursor: str | ellipsis = ...  # noqa: F821
     found: Prediction | None = None
     for _ in range(max_pages):
-        page = await client.predictions.async_list(cursor)
+        page = await _list_page(client, cursor)
         reached_horizon = False
         for prediction in page.results:
             created = _parse_time(prediction.created_at)
@@ -102,6 +105,21 @@ async def find_created_prediction(
             break
         cursor = page.next
     return found
+
+
+async def _list_page(client: replicate.Client, cursor: str | ellipsis, attempts: int = 5) -> Any:  # noqa: F821
+    """One page of the account's predictions. A read, so transient trouble is tried again right here:
+    retrying the whole listing instead would rarely get through many pages while calls fail, and a
+    resume that cannot look back is a resume that waits, until the prediction it looks for is deleted.
+    """
+    for attempt in range(attempts):
+        try:
+            return await client.predictions.async_list(cursor)
+        except Exception as exc:
+            if not classify_failure(exc).transient or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import replicate
@@ -17,9 +18,13 @@ from ai_pipeline_tests.crash_safety.crashes import DeadRun, batch_statuses, requ
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
 
+Cancel = Callable[..., Result]
+
 
 @pytest.fixture
-def cancel(database_url: str):  # type: ignore[no-untyped-def]
+def cancel(database_url: str) -> Cancel:
+    """`ai-pipeline cancel ARGS...` against the test database."""
+
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(main, ["cancel", *args], env={"AI_PIPELINE_DATABASE_URL": database_url})
 
@@ -40,7 +45,7 @@ def _batch(engine: Engine, unique: str, count: int, credits: int = 10) -> tuple[
 
 
 def test_canceling_a_batch_ends_its_pending_requests_canceled_and_uncharged(
-    cancel, engine: Engine, unique: str
+    cancel: Cancel, engine: Engine, unique: str
 ) -> None:
     batch, user, ids = _batch(engine, unique, 3)
 
@@ -56,7 +61,7 @@ def test_canceling_a_batch_ends_its_pending_requests_canceled_and_uncharged(
         assert balance(conn, user) == 10
 
 
-def test_canceling_an_unknown_batch_or_request_fails_and_says_so(cancel) -> None:
+def test_canceling_an_unknown_batch_or_request_fails_and_says_so(cancel: Cancel) -> None:
     no_batch = cancel("--batch", "no-such-batch")
     no_request = cancel("--request", "987654321")
 
@@ -64,13 +69,13 @@ def test_canceling_an_unknown_batch_or_request_fails_and_says_so(cancel) -> None
     assert no_request.exit_code == 1 and "no request 987654321" in no_request.output
 
 
-def test_cancel_needs_exactly_one_of_batch_and_request(cancel) -> None:
+def test_cancel_needs_exactly_one_of_batch_and_request(cancel: Cancel) -> None:
     assert cancel().exit_code == 2
     assert cancel("--batch", "b", "--request", "1").exit_code == 2
 
 
 def test_canceling_a_finished_request_changes_nothing(
-    cancel, harness: PipelineHarness, engine: Engine, unique: str
+    cancel: Cancel, harness: PipelineHarness, engine: Engine, unique: str
 ) -> None:
     batch, user, (request_id,) = _batch(engine, unique, 1)
     harness.run_batch(batch)
@@ -84,7 +89,7 @@ def test_canceling_a_finished_request_changes_nothing(
 
 
 def test_a_request_in_flight_is_stopped_at_replicate_and_refunded(
-    cancel, harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+    cancel: Cancel, harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     harness.emulator.configure(predict_seconds=30)
     batch, user, (request_id,) = _batch(engine, unique, 1)
@@ -111,8 +116,35 @@ def test_a_request_in_flight_is_stopped_at_replicate_and_refunded(
         assert balance(conn, user) == 10
 
 
+def test_a_cancel_that_arrives_while_the_prediction_finishes_wins_over_its_success(
+    cancel: Cancel, harness: PipelineHarness, engine: Engine, unique: str
+) -> None:
+    harness.emulator.configure(predict_seconds=3)
+    batch, user, (request_id,) = _batch(engine, unique, 1)
+    outputs: list[str] = []
+
+    def cancel_while_the_create_waits() -> None:
+        deadline = time.monotonic() + 30
+        while request_row(engine, request_id).prediction_intent_at is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outputs.append(cancel("--request", str(request_id)).output)
+        sweep_once(harness)  # the prediction's id is not known yet: nothing to cancel at Replicate
+
+    canceler = threading.Thread(target=cancel_while_the_create_waits)
+    canceler.start()
+    harness.run_batch(batch, defs=harness.definitions(sync_wait_seconds=10))  # the create holds to the end
+    canceler.join()
+    sweep_once(harness)
+
+    row = request_row(engine, request_id)
+    assert "1 in flight" in outputs[0]
+    assert row.status == "canceled" and (row.debits, row.refunds) == (1, 1)
+    with engine.connect() as conn:
+        assert balance(conn, user) == 10
+
+
 def test_a_pending_request_with_a_prediction_is_stopped_at_replicate_by_the_sweeper(
-    cancel, harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+    cancel: Cancel, harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     harness.emulator.configure(predict_seconds=30)
     batch, user, (request_id,) = _batch(engine, unique, 1)
@@ -136,7 +168,7 @@ def test_a_pending_request_with_a_prediction_is_stopped_at_replicate_by_the_swee
 
 
 def test_a_run_that_claims_a_request_asked_to_cancel_stops_it_instead_of_resuming_it(
-    cancel, harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+    cancel: Cancel, harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     harness.emulator.configure(predict_seconds=30)
     batch, _, (request_id,) = _batch(engine, unique, 1)
@@ -158,7 +190,7 @@ def test_a_run_that_claims_a_request_asked_to_cancel_stops_it_instead_of_resumin
 
 
 def test_failures_of_a_canceled_batch_are_not_retried(
-    cancel, harness: PipelineHarness, engine: Engine, unique: str
+    cancel: Cancel, harness: PipelineHarness, engine: Engine, unique: str
 ) -> None:
     batch, _, (request_id,) = _batch(engine, unique, 1)
     with engine.begin() as conn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import replicate
 from sqlalchemy import Engine
 
@@ -62,6 +64,26 @@ def test_an_intent_without_a_stored_id_is_reconciled_with_the_prediction_it_crea
     assert (row.debits, row.refunds) == (1, 0)
 
 
+def test_an_intent_is_reconciled_at_the_first_resume_although_listing_answers_errors(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, _, request_id, model_input = _one_request(engine, unique)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    (request,) = dead.claim(batch)
+    dead.charge(request)
+    prediction_id = dead.create(request)
+    dead.die()
+    sweep_once(harness)
+    # More failures in a row than a run retries one call: each page of the listing must be retried.
+    harness.emulator.configure(scripted_faults={"other": [502, "drop", 503, 500, "drop", 502]})
+
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    assert row.status == "succeeded" and row.prediction_id == prediction_id
+    assert creates_of(harness, model_input) == 1
+
+
 def test_an_intent_whose_create_never_left_creates_exactly_one_prediction_and_charges_once(
     harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
@@ -113,3 +135,28 @@ def test_a_live_lease_is_left_to_the_run_that_holds_it(
     with engine.begin() as conn:
         transitions.release_run(conn, f"slow-{unique}", "test over")  # leave no lease to expire later
     assert row.status == "processing" and row.lease_owner == f"slow-{unique}"
+
+
+def test_a_resumed_prediction_whose_output_replicate_deleted_fails_and_is_refunded(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    harness.emulator.configure(output_ttl=0.5)
+    batch, user, request_id, _ = _one_request(engine, unique)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    (request,) = dead.claim(batch)
+    dead.charge(request)
+    prediction_id = dead.create(request)
+    dead.record(request, prediction_id)
+    dead.die()
+    while replicate_client.predictions.get(prediction_id).status != "succeeded":
+        time.sleep(0.1)
+    time.sleep(1.0)  # the output is deleted before anyone resumes the request
+
+    sweep_once(harness)
+    harness.run_batch(batch)
+
+    row = request_row(engine, request_id)
+    assert row.status == "failed" and "output deleted" in row.error
+    assert (row.debits, row.refunds) == (1, 1)
+    with engine.connect() as conn:
+        assert balance(conn, user) == 5

@@ -89,6 +89,22 @@ def test_a_dead_runs_request_out_of_attempts_is_failed_refunded_and_its_predicti
     assert replicate_client.predictions.get(prediction_id).status == "canceled"
 
 
+def test_what_a_dead_run_held_is_resumed_before_the_rest_of_its_batch(
+    harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
+) -> None:
+    batch, _, ids = _requests(engine, unique, 5)
+    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
+    for request in dead.claim(batch, limit=2):
+        dead.charge(request)
+    dead.die()
+
+    sweep_once(harness)
+    resumed = DeadRun(engine, replicate_client, f"next-{unique}").claim(batch, limit=2)
+
+    assert [r.id for r in resumed] == ids[:2]
+    assert all(r.prediction_intent_at is not None for r in resumed)
+
+
 def test_a_retryable_failure_is_retried_once_after_the_backoff(
     harness: PipelineHarness, engine: Engine, unique: str
 ) -> None:
