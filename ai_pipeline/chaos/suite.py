@@ -40,6 +40,8 @@ RICH_USERS = ("chaos-ada", "chaos-bo", "chaos-cy")
 POOR_USER = "chaos-poor"
 # Duplicate billed predictions allowed per request when run workers are SIGKILLed mid-create.
 DUPLICATE_BUDGET = 0.001
+# The drain is over once nothing was open for this long (sweeps and sensor ticks come every few seconds).
+DRAIN_QUIET_SECONDS = 15.0
 
 
 @dataclass
@@ -152,6 +154,8 @@ def _run(
             done=lambda _, still_open: still_open == 0,
             timeout=scenario.drain_timeout,
             agents=agents,
+            # Nothing open for a while: a retry the sweeper or a run may still add has had time to appear.
+            quiet_seconds=DRAIN_QUIET_SECONDS,
         )
         wall = time.monotonic() - started
     return _judge(scenario, stack, engine, batches, agents, wall, home, fault_phase_stats)
@@ -167,10 +171,13 @@ def _wait(
     done: Callable[[int, int], bool],
     timeout: float,
     agents: list[Any],
+    quiet_seconds: float = 0.0,
 ) -> None:
-    """Poll progress until `done(ended originals, open work)` or the timeout; a line every 15 s."""
+    """Poll progress until `done(ended originals, open work)` has held for `quiet_seconds`, or the
+    timeout; a progress line every 15 s."""
     deadline = time.monotonic() + timeout
     last_line = 0.0
+    done_since: float | None = None
     while True:
         ended, still_open, counts = _progress(engine, batches)
         now = time.monotonic()
@@ -181,7 +188,11 @@ def _wait(
                 f"[{now - started:6.0f} s] {ended:,}/{scenario.requests:,} ended, {still_open:,} open"
                 f" {dict(sorted(counts.items()))}; {actions}"
             )
-        if done(ended, still_open) or now > deadline:
+        if not done(ended, still_open):
+            done_since = None
+        elif done_since is None:
+            done_since = now
+        if (done_since is not None and now - done_since >= quiet_seconds) or now > deadline:
             return
         time.sleep(2.0)
 
