@@ -8,6 +8,7 @@ same transaction as the status it belongs to.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,8 @@ from sqlalchemy import Connection, text
 
 from ai_pipeline.credits.ledger import Charge, InsufficientCredits, LedgerEntry, debit, debited_entry, refund
 from ai_pipeline.db.statuses import IllegalTransition, RequestStatus
+
+BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 _CLAIMED_COLUMNS = (
     "id, external_id, batch_id, user_id, model, input, attempts, prediction_id, prediction_intent_at,"
@@ -394,6 +397,39 @@ def ensure_batches(conn: Connection, batch_ids: list[str]) -> None:
             ),
             {"ids": batch_ids},
         )
+
+
+def open_request_count(conn: Connection, batch_id: str) -> int:
+    """Requests of a batch that are not terminal yet."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM generation_requests WHERE batch_id = :batch"
+                " AND status IN ('pending', 'processing')"
+            ),
+            {"batch": batch_id},
+        ).scalar_one()
+    )
+
+
+# ------------------------------------------------------------------------------- cancel and sweep
+_SELECTION = (
+    "(CAST(:batch AS text) IS NULL OR batch_id = :batch) AND (CAST(:id AS bigint) IS NULL OR id = :id)"
+)
+
+
+@dataclass(frozen=True)
+class CancelSummary:
+    """What asking to cancel a batch (or one request) did."""
+
+    matched: int
+    # Pending without a prediction: ended `canceled` now; `refunded` of them had been debited.
+    canceled: int
+    refunded: int
+    # In flight: marked; their prediction is canceled at Replicate and they end `canceled`, refunded.
+    in_flight: int
+    # Already terminal: nothing left to cancel (a failure is no longer retried automatically).
+    finished: int
 
 
 def cancel_requests(
