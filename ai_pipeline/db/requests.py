@@ -72,17 +72,44 @@ def claim_requests(
 
 
 def renew_leases(conn: Connection, owner: str, request_ids: list[int], lease_seconds: int) -> set[int]:
-    """Extend the leases `owner` still holds; returns the ids it still holds."""
+    """Extend the leases `owner` still holds; returns the ids it still holds.
+
+    Rows are locked in id order, and a task's own transaction locks its request row before any account
+    row (see `charge_and_mark_intent`), so a renewal never deadlocks with the run's own work.
+    """
     if not request_ids:
         return set()
     rows = conn.execute(
         text(
-            "UPDATE generation_requests SET lease_expires_at = now() + make_interval(secs => :lease)"
-            " WHERE id = ANY(:ids) AND status = 'processing' AND lease_owner = :owner RETURNING id"
+            """
+            UPDATE generation_requests r SET lease_expires_at = now() + make_interval(secs => :lease)
+            FROM (
+                SELECT id FROM generation_requests
+                WHERE id = ANY(:ids) AND status = 'processing' AND lease_owner = :owner
+                ORDER BY id FOR UPDATE
+            ) held
+            WHERE r.id = held.id
+            RETURNING r.id
+            """
         ),
         {"lease": lease_seconds, "ids": request_ids, "owner": owner},
     )
     return {row.id for row in rows}
+
+
+def extend_lease(conn: Connection, request_id: int, owner: str, lease_seconds: int) -> bool:
+    """Whether `owner` still holds the request; if so its lease now runs `lease_seconds` from now.
+
+    Called right before a create goes out: a run that lost the request in the meantime must not create
+    a prediction for it, since whoever holds it now may be creating one.
+    """
+    return _set(
+        conn,
+        request_id,
+        owner,
+        "lease_expires_at = now() + make_interval(secs => :lease)",
+        lease=lease_seconds,
+    )
 
 
 class NotHeld(Exception):
@@ -90,26 +117,41 @@ class NotHeld(Exception):
 
 
 def charge_and_mark_intent(
-    conn: Connection, request_id: int, owner: str, charge: Charge
+    conn: Connection, request_id: int, owner: str, charge: Charge, lease_seconds: int
 ) -> LedgerEntry | InsufficientCredits:
-    """Debit the request (once) and record that a prediction is about to be created.
+    """Debit the request (once), record that a prediction is about to be created, and extend the lease.
 
     The intent is written before the create call, so a crash between the create and storing its id is
-    visible afterwards and is reconciled instead of creating a second billed prediction.
-    Raises `NotHeld` (and the caller's transaction rolls the debit back) when `owner` lost the request.
+    visible afterwards and is reconciled instead of creating a second billed prediction. The lease runs
+    `lease_seconds` from now, so nobody else can take the request before the create that follows at once.
+    The request row is locked before the account row (as refunds do), so these never deadlock.
+    Raises `NotHeld` when `owner` lost the request; nothing is written then.
     """
-    result = debit(conn, charge)
-    if isinstance(result, InsufficientCredits):
-        return result
     held = conn.execute(
         text(
             "UPDATE generation_requests SET credits_charged = :amount, prediction_intent_at = now(),"
-            " updated_at = now() WHERE id = :id AND status = 'processing' AND lease_owner = :owner"
+            " lease_expires_at = now() + make_interval(secs => :lease), updated_at = now()"
+            " WHERE id = :id AND status = 'processing' AND lease_owner = :owner"
         ),
-        {"amount": -result.delta, "id": request_id, "owner": owner},
+        {"amount": charge.amount, "lease": lease_seconds, "id": request_id, "owner": owner},
     ).rowcount
     if not held:
         raise NotHeld(f"request {request_id} is no longer held by {owner}")
+    result = debit(conn, charge)
+    if isinstance(result, InsufficientCredits):
+        # Never debited, so it had no intent before this one either.
+        conn.execute(
+            text(
+                "UPDATE generation_requests SET credits_charged = 0, prediction_intent_at = NULL"
+                " WHERE id = :id"
+            ),
+            {"id": request_id},
+        )
+    elif -result.delta != charge.amount:  # debited on an earlier attempt, at an earlier price
+        conn.execute(
+            text("UPDATE generation_requests SET credits_charged = :amount WHERE id = :id"),
+            {"amount": -result.delta, "id": request_id},
+        )
     return result
 
 

@@ -25,7 +25,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -44,10 +44,10 @@ from ai_pipeline.replicate.predictions import (
     TERMINAL_PREDICTION_STATUSES,
     cancel_prediction,
     create_prediction,
-    find_created_prediction,
     get_prediction,
 )
 from ai_pipeline.replicate.rate_limit import SharedCreateLimiter, creates_bucket, ensure_bucket
+from ai_pipeline.replicate.reconcile import ListingIncomplete, Lookup, UnrecordedPredictions, client_pages
 from ai_pipeline.storage.errors import OutputFetchError
 from ai_pipeline.storage.fetch import FetchPolicy, fetch_output
 from ai_pipeline.storage.keys import extension_for_content_type, output_key
@@ -55,9 +55,6 @@ from ai_pipeline.storage.output_parts import InlineContent, output_parts
 from ai_pipeline.storage.uploads import put_object
 
 log = logging.getLogger(__name__)
-
-# Our clock and Replicate's differ a little; look a bit further back than the recorded intent.
-INTENT_CLOCK_SLACK = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -148,6 +145,7 @@ class BatchRunner:
         self._http: httpx.AsyncClient | None = None
         self._create_bucket = creates_bucket(config.creates_per_minute)
         self._limiter = SharedCreateLimiter(self.db, self._create_bucket)
+        self._unrecorded = UnrecordedPredictions(client_pages(replicate_client))
 
     # ----------------------------------------------------------------------------------- the run
     def run(self, batch_id: str) -> RunReport:
@@ -174,6 +172,7 @@ class BatchRunner:
                 await self._drain(batch_id, report)
             finally:
                 renewer.cancel()
+                self._unrecorded.close()
                 self._http = None
         self._uploads.shutdown(wait=True)
         self.db.close()
@@ -293,9 +292,18 @@ class BatchRunner:
         # sits inside the bound so nobody is charged long before their turn, downloads do not.
         async with self._prediction_slots, self._model_slots.get(spec.name) or contextlib.nullcontext():
             if prediction is None:
+                # Wait for the create token first: the charge extends the lease, and the create must
+                # follow it at once, before anyone could take the request over and create one too.
+                await self._limiter.acquire()
                 charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
                 try:
-                    result = await self.db(transitions.charge_and_mark_intent, request.id, self.owner, charge)
+                    result = await self.db(
+                        transitions.charge_and_mark_intent,
+                        request.id,
+                        self.owner,
+                        charge,
+                        self.config.lease_seconds,
+                    )
                 except transitions.NotHeld:
                     raise LeaseLost from None
                 if isinstance(result, InsufficientCredits):
@@ -326,14 +334,19 @@ class BatchRunner:
         self, request: ClaimedRequest, spec: ModelSpec, intent_at: datetime
     ) -> Prediction | None:
         """A prediction created for this request after `intent_at` whose id never got stored."""
-        found = await self._call(
-            find_created_prediction,
-            self.replicate,
+        lookup = Lookup(
             spec,
             request.input,
-            created_after=intent_at - INTENT_CLOCK_SLACK,
+            created_after=intent_at,
             exclude_ids=await self.db(_prediction_ids_of_twins, request),
         )
+        try:
+            found = await self._call(self._unrecorded.find, lookup)
+        except ListingIncomplete as exc:
+            # Unknowable: creating again could bill twice; fail (refunded) and let a retry start afresh.
+            raise Permanent(
+                f"could not tell whether a prediction was created: {exc}", retryable=True
+            ) from exc
         if found is not None:
             await self._record(request, found)
             log.info("request %s: resumed unrecorded prediction %s", request.id, found.id)
@@ -346,7 +359,11 @@ class BatchRunner:
     async def _create(self, request: ClaimedRequest, spec: ModelSpec, *, intent_at: datetime) -> Prediction:
         config = self.config
         for attempt in range(config.call_retries + 1):
-            await self._limiter.acquire()
+            if attempt:  # the first create's token was taken before the charge
+                await self._limiter.acquire()
+                held = await self.db(transitions.extend_lease, request.id, self.owner, config.lease_seconds)
+                if not held:
+                    raise LeaseLost
             try:
                 prediction = await create_prediction(
                     self.replicate, spec, request.input, wait_seconds=config.sync_wait_seconds
@@ -380,6 +397,8 @@ class BatchRunner:
         for attempt in range(config.call_retries + 1):
             try:
                 return await fn(*args, **kwargs)
+            except ListingIncomplete:
+                raise  # not a failed call: the caller decides
             except Exception as exc:
                 failure = classify_failure(exc)
                 if not failure.transient:

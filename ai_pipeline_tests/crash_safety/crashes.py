@@ -36,7 +36,7 @@ class DeadRun:
         with self.engine.begin() as conn:
             spec = load_catalogue(conn)[request.model]
             charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
-            entry = transitions.charge_and_mark_intent(conn, request.id, self.owner, charge)
+            entry = transitions.charge_and_mark_intent(conn, request.id, self.owner, charge, 60)
         assert isinstance(entry, LedgerEntry)
 
     def create(self, request: ClaimedRequest) -> str:

@@ -9,8 +9,8 @@ everything is drained and every request must be terminal with its money right.
 
 The workers follow `BatchRunner`'s protocol through the real transitions (`db.requests`), the real
 ledger and the real sweeper; Replicate is a small fake that knows which request created each prediction.
-Not modelled: a worker that stalls longer than its lease between its charge and its create (the runner
-does not check its lease again in between; a stall that long could create a second prediction).
+As in the runner, a worker creates only while it holds the request: the charge extends the lease and
+the create follows at once (a retried create checks the lease again first).
 """
 
 from __future__ import annotations
@@ -232,6 +232,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
                 request.id,
                 worker.owner,
                 Charge(request.id, request.user_id, "image_generation", 1),
+                600,
             )
         except NotHeld:
             self._drop(worker, held)
@@ -244,7 +245,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
 
     def _create(self, worker: Worker, held: Held, answer_lost: bool) -> None:
         if not self._still_holds(worker, held.request.id):
-            return  # (a worker whose lease lapsed right after its charge: not modelled, see above)
+            return  # the runner's charge extended the lease; a retried create checks it first
         prediction_id = self.replicate.create(held.request.id, held.request.input)
         if answer_lost:
             held.phase = "answer_lost"  # the create happened; its answer never arrived

@@ -56,7 +56,9 @@ def test_charge_records_intent_and_failure_refunds_once(engine: Engine, unique: 
     user, batch, (request_id,) = _setup(engine, unique, count=1, credits=5)
     with engine.begin() as conn:
         t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
-        entry = t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 2))
+        entry = t.charge_and_mark_intent(
+            conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 2), 60
+        )
         assert isinstance(entry, LedgerEntry)
         assert balance(conn, user) == 3
         assert t.mark_failed(conn, request_id, f"run-a-{unique}", "model failed: NSFW", retryable=False)
@@ -76,7 +78,7 @@ def test_a_debited_request_cannot_be_rejected(engine: Engine, unique: str) -> No
     user, batch, (request_id,) = _setup(engine, unique, count=1)
     with engine.begin() as conn:
         t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
-        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1))
+        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1), 60)
         with pytest.raises(IllegalTransition):
             t.mark_rejected(conn, request_id, f"run-a-{unique}", "unknown model")
 
@@ -85,7 +87,7 @@ def test_expired_leases_go_back_to_pending_keeping_debit_and_prediction(engine: 
     user, batch, (request_id,) = _setup(engine, unique, count=1)
     with engine.begin() as conn:
         t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
-        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1))
+        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1), 60)
         t.record_prediction(conn, request_id, f"run-a-{unique}", f"pred-{unique}")
         conn.execute(
             text("UPDATE generation_requests SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
