@@ -8,7 +8,6 @@ same transaction as the status it belongs to.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,8 +16,6 @@ from sqlalchemy import Connection, text
 
 from ai_pipeline.credits.ledger import Charge, InsufficientCredits, LedgerEntry, debit, debited_entry, refund
 from ai_pipeline.db.statuses import IllegalTransition, RequestStatus
-
-BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 _CLAIMED_COLUMNS = (
     "id, external_id, batch_id, user_id, model, input, attempts, prediction_id, prediction_intent_at,"
@@ -439,19 +436,6 @@ def ensure_batches(conn: Connection, batch_ids: list[str]) -> None:
             ),
             {"ids": batch_ids},
         )
-
-
-def open_request_count(conn: Connection, batch_id: str) -> int:
-    """Requests of a batch that are not terminal yet."""
-    return int(
-        conn.execute(
-            text(
-                "SELECT count(*) FROM generation_requests WHERE batch_id = :batch"
-                " AND status IN ('pending', 'processing')"
-            ),
-            {"batch": batch_id},
-        ).scalar_one()
-    )
 
 
 # ------------------------------------------------------------------------------- cancel and sweep

@@ -8,7 +8,7 @@ from sqlalchemy import Engine, text
 from ai_pipeline.credits import Charge, LedgerEntry, balance, grant
 from ai_pipeline.credits.ledger import debited_entry, refunded_entry
 from ai_pipeline.db import requests as t
-from ai_pipeline.db.statuses import IllegalTransition
+from ai_pipeline.db.statuses import ALLOWED_TRANSITIONS, IllegalTransition, RequestStatus
 from ai_pipeline_tests.support.factories import ensure_test_model, insert_request
 
 CT = "image_generation"
@@ -154,3 +154,42 @@ def test_writer_batch_names_that_cannot_be_partitions_are_rejected_with_a_reason
             text("SELECT status, error FROM generation_requests WHERE id = :id"), {"id": request_id}
         ).one()
     assert row.status == "rejected" and "invalid batch_id" in row.error
+
+
+# Each transition function and the status it moves a request to.
+_MOVES = {
+    RequestStatus.PROCESSING: lambda conn, rid, owner, batch: t.claim_requests(conn, batch, owner, 1, 60),
+    RequestStatus.PENDING: lambda conn, rid, owner, batch: t.release(conn, rid, owner, "hand back", 0),
+    RequestStatus.SUCCEEDED: lambda conn, rid, owner, batch: t.mark_succeeded(conn, rid, owner, [], 1.0),
+    RequestStatus.FAILED: lambda conn, rid, owner, batch: t.mark_failed(
+        conn, rid, None, "x", retryable=False
+    ),
+    RequestStatus.REJECTED: lambda conn, rid, owner, batch: t.mark_rejected(conn, rid, None, "x"),
+    RequestStatus.CANCELED: lambda conn, rid, owner, batch: t.mark_canceled(conn, rid, None, "x"),
+}
+
+
+@pytest.mark.parametrize("start", list(RequestStatus))
+def test_the_sql_transitions_allow_exactly_the_documented_lifecycle(
+    engine: Engine, unique: str, start: RequestStatus
+) -> None:
+    """`statuses.ALLOWED_TRANSITIONS` is the lifecycle's documentation; every compare-and-set in
+    `db.requests` encodes its own allowed sources in SQL. This keeps the two the same."""
+    for target, move in _MOVES.items():
+        if target == start:
+            continue
+        _, batch, (request_id,) = _setup(engine, f"{unique}-{start}-{target}", count=1)
+        owner = f"run-{unique}"
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE generation_requests SET status = :status,"
+                    " lease_owner = CASE WHEN :status = 'processing' THEN :owner END,"
+                    " lease_expires_at = CASE WHEN :status = 'processing' THEN now() + interval '60 s' END"
+                    " WHERE id = :id"
+                ),
+                {"status": start.value, "owner": owner, "id": request_id},
+            )
+            move(conn, request_id, owner, batch)
+        moved = _status(engine, request_id) == target
+        assert moved == (target in ALLOWED_TRANSITIONS[start]), f"{start} -> {target}"
