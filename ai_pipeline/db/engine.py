@@ -10,7 +10,7 @@ from ai_pipeline.db.embedded import embedded_database_url
 from ai_pipeline.db.urls import normalise_database_url
 from ai_pipeline.settings import Settings
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -21,21 +21,25 @@ def resolve_database_url(settings: Settings) -> str:
     return embedded_database_url(settings.home)
 
 
-def engine_for_url(url: str, *, pool_size: int = 5) -> Engine:
-    """A shared engine for `url`: pre-ping drops dead connections (a restarted or killed backend)."""
+def engine_for_url(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engine:
+    """A shared engine for `url`: pre-ping drops dead connections (a restarted or killed backend).
+
+    `pre_ping=False` is for callers that run every transaction through `run_in_transaction` (which runs
+    it again on a fresh connection when its connection was dead): the ping is a round trip per checkout.
+    """
     url = normalise_database_url(url)
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, pre_ping))
         if engine is None:
             engine = create_engine(
                 url,
-                pool_pre_ping=True,
+                pool_pre_ping=pre_ping,
                 pool_size=pool_size,
                 max_overflow=10,
                 pool_recycle=1800,
                 connect_args={"application_name": "ai_pipeline"},
             )
-            _engines[url] = engine
+            _engines[(url, pre_ping)] = engine
         return engine
 
 

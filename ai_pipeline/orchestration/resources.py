@@ -24,11 +24,10 @@ class DatabaseResource(ConfigurableResource):  # type: ignore[type-arg]
 
     database_url: str | None = Field(default=None, description="SQLAlchemy URL (AI_PIPELINE_DATABASE_URL)")
 
-    def engine(self) -> Engine:
-        settings = Settings.from_env()
-        if self.database_url:
-            return engine_for_url(self.database_url)
-        return engine_for_url(resolve_database_url(settings))
+    def engine(self, *, pre_ping: bool = True) -> Engine:
+        """The shared engine; see `engine_for_url` for when `pre_ping=False` is safe."""
+        url = self.database_url or resolve_database_url(Settings.from_env())
+        return engine_for_url(url, pre_ping=pre_ping)
 
 
 class ReplicateResource(ConfigurableResource):  # type: ignore[type-arg]

@@ -136,8 +136,8 @@ class BatchRunner:
         self.owner = owner
         self.replicate = replicate_client
         self.s3 = s3_client
-        self.db = TransactionRunner(engine, threads=4)
-        self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3")
+        self.db = TransactionRunner(engine, threads=2)
+        self._uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3")
         self._held: set[int] = set()
         self._catalogue: dict[str, ModelSpec] = {}
         self._model_slots: dict[str, asyncio.Semaphore] = {}
@@ -149,8 +149,15 @@ class BatchRunner:
 
     # ----------------------------------------------------------------------------------- the run
     def run(self, batch_id: str) -> RunReport:
-        """Process the batch until nothing in it is due; blocking."""
-        return asyncio.run(self.run_async(batch_id))
+        """Process the batch until nothing in it is due; blocking.
+
+        On uvloop where it is installed: the event loop's own work is a large share of a run's CPU.
+        """
+        try:
+            import uvloop
+        except ImportError:  # e.g. on Windows
+            return asyncio.run(self.run_async(batch_id))
+        return uvloop.run(self.run_async(batch_id))
 
     async def run_async(self, batch_id: str) -> RunReport:
         report = RunReport(batch_id)
