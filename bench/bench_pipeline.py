@@ -155,6 +155,7 @@ def describe_process(proc: psutil.Process) -> str:
     for marker, name in [
         ("dagster-daemon", "dagster daemon"),
         ("api grpc", "code server"),
+        ("code-server start", "code server (proxy)"),
         ("execute_run", "run worker"),
         ("api execute", "run worker"),
         # The code server starts run workers with multiprocessing's spawn method.

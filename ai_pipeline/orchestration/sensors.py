@@ -4,14 +4,17 @@ The sensors read their configuration from the environment (as the CLI does: `AI_
 `REPLICATE_API_TOKEN`, ...) rather than from Dagster resources. Building a sensor's resources makes
 Dagster construct a fresh Postgres-backed instance on every tick, about 150 ms of CPU measured on
 these machines, which every few seconds was most of an idle pipeline's CPU. An idle tick now costs one
-small indexed query; the instance is touched only when there is work to launch.
+small indexed query; the instance is touched only when there is work to launch, and then it is built
+once per code server process, not once per tick (see `_instance`).
 """
 
 import json
 import os
+import threading
 from datetime import UTC, datetime
 
 from dagster import (
+    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -51,8 +54,29 @@ def rolling_batch_name(now: datetime | None = None) -> str:
     return f"live-{(now or datetime.now(UTC)):%Y%m%d}"
 
 
+_instances: dict[str, DagsterInstance] = {}
+_instances_lock = threading.Lock()
+
+
+def _instance(context: SensorEvaluationContext) -> DagsterInstance:
+    """The Dagster instance, built once per process and instance configuration.
+
+    `context.instance` builds a new Postgres-backed instance for every tick that touches it (about
+    150 ms of CPU here); while a batch is being worked on, every tick of the batch sensor needs it.
+    """
+    ref = context.instance_ref
+    if ref is None:  # a context built in a test around an instance
+        return context.instance
+    key = repr(ref)
+    with _instances_lock:
+        instance = _instances.get(key)
+        if instance is None:
+            instance = _instances[key] = DagsterInstance.from_ref(ref)
+        return instance
+
+
 def _active_runs_per_batch(context: SensorEvaluationContext) -> dict[str, int]:
-    records = context.instance.get_run_records(
+    records = _instance(context).get_run_records(
         RunsFilter(job_name=PROCESS_BATCH_JOB, statuses=ACTIVE_RUN_STATUSES)
     )
     active: dict[str, int] = {}
@@ -82,7 +106,7 @@ def batch_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
 
     known = set(json.loads(context.cursor)) if context.cursor else set()
     if not known.issuperset(due):
-        known = set(context.instance.get_dynamic_partitions(BATCHES))
+        known = set(_instance(context).get_dynamic_partitions(BATCHES))
     new_partitions = [batch for batch in due if batch not in known]
 
     active = _active_runs_per_batch(context)
