@@ -177,14 +177,15 @@ def code_server_workspace(home: Path, port: int) -> Path:
 
 @contextlib.contextmanager
 def dagster_processes(
-    stack: LocalStack, *, webserver_port: int | None = None
+    stack: LocalStack, *, webserver_port: int | None = None, own_code_server: bool = True
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Run the code server, the Dagster daemon (and the webserver when a port is given) against the stack.
 
     The code server is a process of its own that lives as long as the others. Left to itself (a
     `python_module` workspace), the daemon replaces its code server every 60 seconds to pick up code
     changes, and a fresh one costs seconds of CPU to import and load: about 60 ms of CPU per second
-    of an idle pipeline, measured, most of what it cost.
+    of an idle pipeline, measured, most of what it cost. `own_code_server=False` leaves it to the daemon
+    (`workspace.yaml`), for comparing the two (bench/idle_cost.py).
     """
     env = {**os.environ, **stack.environment()}
     bin_dir = Path(sys.executable).parent
@@ -206,7 +207,12 @@ def dagster_processes(
         "--location-name",
         CODE_LOCATION,
     ]
-    commands = [code_server, [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]]
+    if not own_code_server:
+        workspace = str(PROJECT_ROOT / "workspace.yaml")
+    commands = [
+        *([code_server] if own_code_server else []),
+        [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
+    ]
     if webserver_port is not None:
         commands.append(
             [

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import Charge, LedgerEntry, balance, grant
-from ai_pipeline.credits.ledger import debited_entry, refunded_entry
+from ai_pipeline.credits.ledger import InsufficientCredits, debited_entry, refunded_entry
 from ai_pipeline.db import requests as t
 from ai_pipeline.db.statuses import ALLOWED_TRANSITIONS, IllegalTransition, RequestStatus
 from ai_pipeline_tests.support.factories import ensure_test_model, insert_request
@@ -193,3 +193,71 @@ def test_the_sql_transitions_allow_exactly_the_documented_lifecycle(
             move(conn, request_id, owner, batch)
         moved = _status(engine, request_id) == target
         assert moved == (target in ALLOWED_TRANSITIONS[start]), f"{start} -> {target}"
+
+
+def _lease_left(engine: Engine, request_id: int) -> float | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT EXTRACT(EPOCH FROM lease_expires_at - now()) FROM generation_requests WHERE id = :id"
+            ),
+            {"id": request_id},
+        ).scalar_one()
+
+
+def test_the_charge_renews_the_lease_so_the_create_that_follows_is_covered(
+    engine: Engine, unique: str
+) -> None:
+    user, batch, (request_id,) = _setup(engine, unique, count=1)
+    owner = f"run-a-{unique}"
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, owner, 1, 5)
+    assert (_lease_left(engine, request_id) or 0) <= 5
+    with engine.begin() as conn:
+        t.charge_and_mark_intent(conn, request_id, owner, Charge(request_id, user, CT, 1), 600)
+    assert (_lease_left(engine, request_id) or 0) > 590
+
+
+def test_a_charge_by_a_run_that_lost_the_request_writes_nothing(engine: Engine, unique: str) -> None:
+    user, batch, (request_id,) = _setup(engine, unique, count=1, credits=3)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
+        t.release_run(conn, f"run-a-{unique}", "run died")
+        t.claim_requests(conn, batch, f"run-b-{unique}", 1, 60)
+    with pytest.raises(t.NotHeld), engine.begin() as conn:
+        t.charge_and_mark_intent(conn, request_id, f"run-a-{unique}", Charge(request_id, user, CT, 1), 60)
+    with engine.connect() as conn:
+        assert debited_entry(conn, request_id) is None
+        assert balance(conn, user) == 3
+        row = conn.execute(
+            text("SELECT prediction_intent_at, lease_owner FROM generation_requests WHERE id = :id"),
+            {"id": request_id},
+        ).one()
+    assert row.prediction_intent_at is None and row.lease_owner == f"run-b-{unique}"
+
+
+def test_a_short_balance_leaves_no_intent_behind(engine: Engine, unique: str) -> None:
+    user, batch, (request_id,) = _setup(engine, unique, count=1, credits=1)
+    owner = f"run-a-{unique}"
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, owner, 1, 60)
+        result = t.charge_and_mark_intent(conn, request_id, owner, Charge(request_id, user, CT, 5), 60)
+        assert isinstance(result, InsufficientCredits)
+        row = conn.execute(
+            text("SELECT prediction_intent_at, credits_charged FROM generation_requests WHERE id = :id"),
+            {"id": request_id},
+        ).one()
+    assert row.prediction_intent_at is None and row.credits_charged == 0
+
+
+def test_extending_a_lease_answers_whether_it_is_still_held(engine: Engine, unique: str) -> None:
+    _, batch, (request_id,) = _setup(engine, unique, count=1)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 5)
+        assert t.extend_lease(conn, request_id, f"run-a-{unique}", 600)
+        assert not t.extend_lease(conn, request_id, f"run-b-{unique}", 600)
+        assert t.renew_leases(conn, f"run-a-{unique}", [request_id], 600) == {request_id}
+        t.release_run(conn, f"run-a-{unique}", "run died")
+        assert not t.extend_lease(conn, request_id, f"run-a-{unique}", 600)
+        assert t.renew_leases(conn, f"run-a-{unique}", [request_id], 600) == set()
+    assert _lease_left(engine, request_id) is None
