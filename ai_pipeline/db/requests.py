@@ -343,12 +343,18 @@ def release_expired_leases(conn: Connection, batch_id: str | None = None, limit:
 
 
 def requeue_failed(
-    conn: Connection, batch_id: str, *, only_retryable: bool, originals_only: bool = False
+    conn: Connection,
+    batch_id: str,
+    *,
+    only_retryable: bool,
+    originals_only: bool = False,
+    failed_before_seconds: float = 0.0,
 ) -> int:
     """Reprocess a batch's failed requests as new pending requests (a failed request is never re-charged).
 
     Each failed request is copied once at most (`retry_of` is unique), so running this again adds nothing.
-    `originals_only` skips requests that are themselves retries, so automatic retries stop after one.
+    `originals_only` skips requests that are themselves retries, so automatic retries stop after one;
+    `failed_before_seconds` leaves alone what failed more recently (a backoff before automatic retries).
     A failure someone canceled (`cancel_requests`) is never retried.
     """
     return conn.execute(
@@ -361,11 +367,12 @@ def requeue_failed(
               {"AND f.retryable" if only_retryable else ""}
               {"AND f.retry_of IS NULL" if originals_only else ""}
               AND f.cancel_requested_at IS NULL
+              AND f.completed_at <= now() - make_interval(secs => :age)
               AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)
             ON CONFLICT (retry_of) DO NOTHING
             """
         ),
-        {"batch": batch_id},
+        {"batch": batch_id, "age": failed_before_seconds},
     ).rowcount
 
 

@@ -261,3 +261,17 @@ def test_extending_a_lease_answers_whether_it_is_still_held(engine: Engine, uniq
         assert not t.extend_lease(conn, request_id, f"run-a-{unique}", 600)
         assert t.renew_leases(conn, f"run-a-{unique}", [request_id], 600) == set()
     assert _lease_left(engine, request_id) is None
+
+
+def test_automatic_requeues_wait_for_the_backoff(engine: Engine, unique: str) -> None:
+    _, batch, (request_id,) = _setup(engine, unique, count=1)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, f"run-a-{unique}", 1, 60)
+        t.mark_failed(conn, request_id, f"run-a-{unique}", "out of memory (E1001)", retryable=True)
+    with engine.begin() as conn:
+        assert t.requeue_failed(conn, batch, only_retryable=True, failed_before_seconds=60) == 0
+        conn.execute(
+            text("UPDATE generation_requests SET completed_at = now() - interval '61 s' WHERE id = :id"),
+            {"id": request_id},
+        )
+        assert t.requeue_failed(conn, batch, only_retryable=True, failed_before_seconds=60) == 1
