@@ -9,18 +9,14 @@ import pytest
 from sqlalchemy import Engine
 
 from ai_pipeline.db.engine import engine_for_url
-from ai_pipeline.db.migrate import upgrade_database
-from ai_pipeline_tests.support.databases import fresh_database
+from ai_pipeline_tests.support.databases import migrated_database
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """URL of a freshly created database, migrated to the newest schema."""
-    with fresh_database() as url:
-        engine = engine_for_url(url)
-        upgrade_database(engine)
+    with migrated_database() as url:
         yield url
-        engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -3,29 +3,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import replicate
 from sqlalchemy import Engine, text
 
 from ai_pipeline.db import requests as transitions
-from ai_pipeline_tests.support.pipeline import (
-    TEST_TOKEN,
-    PipelineHarness,
-    emulator_seed_for,
-    pipeline_harness,
+from ai_pipeline_tests.support.harness_fixtures import (  # noqa: F401
+    _fresh_emulator,
+    harness,
+    replicate_client,
 )
-
-
-@pytest.fixture(scope="module")
-def harness(engine: Engine, database_url: str, request: pytest.FixtureRequest) -> Iterator[PipelineHarness]:
-    seed = emulator_seed_for(request.module.__name__)
-    with pipeline_harness(engine, database_url, seed=seed) as harness:
-        yield harness
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(harness: PipelineHarness) -> None:
-    harness.emulator.reset(restore_config=True)
-    harness.emulator.configure(predict_seconds=0.2, predict_jitter_seconds=0.05)
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +28,3 @@ def _leave_no_open_request(engine: Engine, unique: str) -> Iterator[None]:
         ).scalars()
         for request_id in list(left_open):
             transitions.mark_canceled(conn, request_id, None, "test over")
-
-
-@pytest.fixture
-def replicate_client(harness: PipelineHarness) -> replicate.Client:
-    """A plain (blocking) client on the emulator, for what tests do at Replicate themselves."""
-    return replicate.Client(api_token=TEST_TOKEN, base_url=harness.emulator.base_url)

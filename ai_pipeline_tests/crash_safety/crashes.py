@@ -8,7 +8,7 @@ SIGKILLed worker's do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import replicate
 from sqlalchemy import Engine, text
@@ -51,14 +51,36 @@ class DeadRun:
 
     def die(self) -> None:
         """The worker is gone: nobody renews its leases, and they run out."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE generation_requests SET lease_expires_at = now() - interval '1 second'"
-                    " WHERE lease_owner = :owner AND status = 'processing'"
-                ),
-                {"owner": self.owner},
-            )
+        expire_leases(self.engine, self.owner)
+
+    def die_after(
+        self, batch_id: str, step: Literal["charge", "create", "record"]
+    ) -> tuple[ClaimedRequest, str | None]:
+        """Claim the batch's one request, take the run's steps up to and including `step`, then die.
+
+        Returns the request and the id of the prediction it created (None when it died before creating).
+        """
+        (request,) = self.claim(batch_id)
+        self.charge(request)
+        prediction_id = None
+        if step != "charge":
+            prediction_id = self.create(request)
+            if step == "record":
+                self.record(request, prediction_id)
+        self.die()
+        return request, prediction_id
+
+
+def expire_leases(engine: Engine, owner: str) -> None:
+    """Make every lease `owner` holds run out now, as a SIGKILLed worker's do."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE generation_requests SET lease_expires_at = now() - interval '1 second'"
+                " WHERE lease_owner = :owner AND status = 'processing'"
+            ),
+            {"owner": owner},
+        )
 
 
 def sweep_once(harness: PipelineHarness, **policy: Any) -> SweepReport:

@@ -148,12 +148,7 @@ def test_a_pending_request_with_a_prediction_is_stopped_at_replicate_by_the_swee
 ) -> None:
     harness.emulator.configure(predict_seconds=30)
     batch, user, (request_id,) = _batch(engine, unique, 1)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)
-    dead.record(request, prediction_id)
-    dead.die()
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "record")
     sweep_once(harness)  # back to pending, prediction still running
 
     result = cancel("--batch", batch)
@@ -172,12 +167,7 @@ def test_a_run_that_claims_a_request_asked_to_cancel_stops_it_instead_of_resumin
 ) -> None:
     harness.emulator.configure(predict_seconds=30)
     batch, _, (request_id,) = _batch(engine, unique, 1)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)
-    dead.record(request, prediction_id)
-    dead.die()
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "record")
     with engine.begin() as conn:
         transitions.settle_expired_leases(conn, max_attempts=5)
     cancel("--request", str(request_id))

@@ -37,6 +37,7 @@ from ai_pipeline.db.requests import ClaimedRequest, NotHeld
 from ai_pipeline.emulator.stats import canonical_json
 from ai_pipeline.invariants import check_invariants
 from ai_pipeline.sweeper import SweepPolicy, sweep
+from ai_pipeline_tests.crash_safety.crashes import expire_leases
 from ai_pipeline_tests.support.factories import ensure_test_model, insert_request
 
 MAX_ATTEMPTS = 4
@@ -282,14 +283,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
     def crash(self, name: str) -> None:
         """SIGKILL: the worker's memory is gone and nobody renews its leases; a new run takes its place."""
         worker = self.workers[name]
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE generation_requests SET lease_expires_at = now() - interval '1 second'"
-                    " WHERE lease_owner = :owner AND status = 'processing'"
-                ),
-                {"owner": worker.owner},
-            )
+        expire_leases(self.engine, worker.owner)
         worker.held.clear()
         worker.generation += 1
 

@@ -26,12 +26,7 @@ def test_a_request_whose_run_died_after_storing_its_prediction_resumes_that_pred
     harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     batch, user, request_id, model_input = _one_request(engine, unique)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)
-    dead.record(request, prediction_id)
-    dead.die()
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "record")
 
     sweep_once(harness)
     assert request_row(engine, request_id).status == "pending"
@@ -49,11 +44,8 @@ def test_an_intent_without_a_stored_id_is_reconciled_with_the_prediction_it_crea
     harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     batch, _, request_id, model_input = _one_request(engine, unique)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)  # the answer never got stored: the worker died first
-    dead.die()
+    # The answer never got stored: the worker died first.
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "create")
 
     sweep_once(harness)
     harness.run_batch(batch)
@@ -68,11 +60,7 @@ def test_an_intent_is_reconciled_at_the_first_resume_although_listing_answers_er
     harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     batch, _, request_id, model_input = _one_request(engine, unique)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)
-    dead.die()
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "create")
     sweep_once(harness)
     # More failures in a row than a run retries one call: each page of the listing must be retried.
     harness.emulator.configure(scripted_faults={"other": [502, "drop", 503, 500, "drop", 502]})
@@ -88,10 +76,7 @@ def test_an_intent_whose_create_never_left_creates_exactly_one_prediction_and_ch
     harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     batch, user, request_id, model_input = _one_request(engine, unique)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)  # died before the create went out
-    dead.die()
+    DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "charge")  # before the create
 
     sweep_once(harness)
     harness.run_batch(batch)
@@ -108,12 +93,7 @@ def test_a_run_reclaims_expired_leases_of_its_batch_without_waiting_for_the_swee
     harness: PipelineHarness, engine: Engine, replicate_client: replicate.Client, unique: str
 ) -> None:
     batch, _, request_id, model_input = _one_request(engine, unique)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)
-    dead.record(request, prediction_id)
-    dead.die()
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "record")
 
     harness.run_batch(batch)
 
@@ -142,12 +122,7 @@ def test_a_resumed_prediction_whose_output_replicate_deleted_fails_and_is_refund
 ) -> None:
     harness.emulator.configure(output_ttl=0.5)
     batch, user, request_id, _ = _one_request(engine, unique)
-    dead = DeadRun(engine, replicate_client, f"dead-{unique}")
-    (request,) = dead.claim(batch)
-    dead.charge(request)
-    prediction_id = dead.create(request)
-    dead.record(request, prediction_id)
-    dead.die()
+    _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "record")
     while replicate_client.predictions.get(prediction_id).status != "succeeded":
         time.sleep(0.1)
     time.sleep(1.0)  # the output is deleted before anyone resumes the request

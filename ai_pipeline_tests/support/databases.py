@@ -44,3 +44,16 @@ def fresh_database(prefix: str = "aip_test") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A fresh database migrated to the newest schema; yields its URL, drops it afterwards."""
+    from ai_pipeline.db.engine import engine_for_url
+    from ai_pipeline.db.migrate import upgrade_database
+
+    with fresh_database() as url:
+        engine = engine_for_url(url)
+        upgrade_database(engine)
+        yield url
+        engine.dispose()
