@@ -143,7 +143,8 @@ def local_stack(
 CODE_LOCATION = "ai_pipeline"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -191,8 +192,7 @@ def dagster_processes(
     bin_dir = Path(sys.executable).parent
     logs = stack.dagster_home / "logs"
     logs.mkdir(exist_ok=True)
-    port = _free_port()
-    workspace = str(code_server_workspace(stack.dagster_home, port))
+    port = free_port()
     # With the UI, `code-server start`: its "Reload" then reloads the code in place (a proxy in front
     # of the server, about 12 ms of CPU per second more, measured); without, the server itself.
     code_server = [
@@ -207,8 +207,11 @@ def dagster_processes(
         "--location-name",
         CODE_LOCATION,
     ]
-    if not own_code_server:
-        workspace = str(PROJECT_ROOT / "workspace.yaml")
+    workspace = str(
+        code_server_workspace(stack.dagster_home, port)
+        if own_code_server
+        else PROJECT_ROOT / "workspace.yaml"
+    )
     commands = [
         *([code_server] if own_code_server else []),
         [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],

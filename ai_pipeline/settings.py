@@ -6,7 +6,9 @@ the working directory is read first (real environment variables win over it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,3 +117,19 @@ class Settings:
             sweep_interval_seconds=max(1, _env_int("AI_PIPELINE_SWEEP_INTERVAL_SECONDS", 15)),
             retry_backoff_seconds=_env_float("AI_PIPELINE_RETRY_BACKOFF_SECONDS", 60.0),
         )
+
+
+@contextlib.contextmanager
+def temporary_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, restoring what was there before (Dagster instances and
+    sensors in this process read the environment)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

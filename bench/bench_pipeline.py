@@ -203,6 +203,14 @@ def fresh_databases(server_url: str):  # type: ignore[no-untyped-def]
         admin.dispose()
 
 
+def seed_catalogue_and_credits(engine: Any, users: int = 50) -> None:
+    """The demo catalogue, and `users` bench users with credits for any batch size here."""
+    with engine.begin() as conn:
+        upsert_models(conn, read_catalogue_file(CATALOGUE))
+        for i in range(users):
+            grant(conn, f"bench-user-{i}", 10_000)
+
+
 def write_requests(path: Path, count: int, tag: str) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -252,10 +260,7 @@ def run_scenario(scenario: Scenario, server_url: str) -> Outcome:
         ) as stack:
             stack.apply_environment()
             engine = engine_for_url(database_url)
-            with engine.begin() as conn:
-                upsert_models(conn, read_catalogue_file(CATALOGUE))
-                for i in range(50):
-                    grant(conn, f"bench-user-{i}", 10_000)
+            seed_catalogue_and_credits(engine)
             batch = f"bench-{scenario.name}-{uuid.uuid4().hex[:6]}"
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "requests.csv"

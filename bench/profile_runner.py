@@ -18,7 +18,6 @@ import cProfile
 import os
 import pstats
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ai_pipeline.catalogue import read_catalogue_file, upsert_models
-from ai_pipeline.credits.ledger import grant
 from ai_pipeline.db.engine import engine_for_url
 from ai_pipeline.loading import load_file
-from ai_pipeline.local_stack import LOCAL_BUCKET, local_stack
+from ai_pipeline.local_stack import LOCAL_BUCKET, free_port, local_stack
 from ai_pipeline.orchestration.resources import build_resources
 from ai_pipeline.processing import BatchRunner
 from ai_pipeline.replicate.predictions import make_client
 from ai_pipeline.settings import Settings
 from ai_pipeline.storage.client import create_s3_client
-from bench.bench_pipeline import CATALOGUE, fresh_databases, write_requests
+from bench.bench_pipeline import fresh_databases, seed_catalogue_and_credits, write_requests
 
 
 def _cpu() -> float:
@@ -64,9 +61,7 @@ def _package(filename: str) -> str:
 @contextlib.contextmanager
 def _s3_server() -> Iterator[str]:
     """A moto S3 server in its own process (the stack's in-process one would count as the runner's CPU)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -119,7 +114,7 @@ class ThreadCpu:
     def by_prefix(self) -> Counter[str]:
         totals: Counter[str] = Counter()
         for tid, (name, cpu) in self._seen.items():
-            prefix = name.split("_")[0].rstrip("0123456789-")
+            prefix = name.split("_")[0]  # db_0 -> db, s3_1 -> s3
             totals[prefix] += cpu - self._start.get(tid, (name, 0.0))[1]
         return totals
 
@@ -151,10 +146,7 @@ def main() -> None:
         ) as stack:
             stack.apply_environment()
             engine = engine_for_url(database_url, pre_ping=False)  # as the asset does
-            with engine.begin() as conn:
-                upsert_models(conn, read_catalogue_file(CATALOGUE))
-                for i in range(50):
-                    grant(conn, f"bench-user-{i}", 10_000)
+            seed_catalogue_and_credits(engine)
             batch = f"profile-{uuid.uuid4().hex[:6]}"
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "requests.csv"
@@ -191,7 +183,7 @@ def main() -> None:
     print(f"{handled} requests {dict(report.outcomes)} in {wall:.1f} s ({handled / wall:.1f}/s)")
     print(f"calls to the emulator: {calls}")
     threads = ", ".join(
-        f"{name} {seconds * 1000 / handled:.2f}" for name, seconds in sampler.by_prefix().most_common()
+        f"{name} {seconds * 1000 / handled:.2f}" for name, seconds in sampler.by_prefix().most_common(4)
     )
     print(f"CPU ms/request by thread: {threads}")
     print(f"runner CPU {cpu:.2f} s = {cpu * 1000 / handled:.2f} ms/request (this process, all threads)")

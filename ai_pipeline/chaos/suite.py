@@ -7,7 +7,6 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ from ai_pipeline.demo import CATALOGUE
 from ai_pipeline.invariants import InvariantReport, check_invariants
 from ai_pipeline.loading import load_file
 from ai_pipeline.local_stack import LocalStack, dagster_processes, local_stack
-from ai_pipeline.settings import Settings
+from ai_pipeline.settings import Settings, temporary_environment
 from ai_pipeline.storage.client import create_s3_client
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ def run_chaos(
             )
         )
         stack.extra_env.update(scenario.pipeline_env)
-        stack_exit.enter_context(_environment(stack.environment()))
+        stack_exit.enter_context(temporary_environment(stack.environment()))
         # Our own connections carry another application_name, so the terminator spares them.
         engine = create_engine(
             database_url, pool_pre_ping=True, connect_args={"application_name": "ai_pipeline_chaos"}
@@ -330,21 +329,6 @@ def _fresh_databases(keep: bool) -> Iterator[tuple[str, str]]:
                 for database in (name, f"{name}_dagster"):
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (the Dagster instance in this process reads them)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def record_results(result: ChaosResult, path: Path, command: str) -> None:

@@ -6,7 +6,6 @@ the daemon launches; the sensor is evaluated with `build_sensor_context`, as the
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from ai_pipeline.orchestration.sensors import (
     release_after_run_cancel,
     release_after_run_failure,
 )
+from ai_pipeline.settings import temporary_environment
 from ai_pipeline_tests.support.s3 import create_bucket, make_s3_client, s3_endpoint
 
 TEST_TOKEN = "r8_test_token"
@@ -142,21 +142,6 @@ def emulator_seed_for(module_name: str) -> int:
 
 
 @contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the block, restoring what was there before."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
 def pipeline_harness(engine: Engine, database_url: str, **emulator_config: Any) -> Iterator[PipelineHarness]:
     """The real parts wired together: emulator, S3 endpoint, a temporary Dagster instance.
 
@@ -170,10 +155,12 @@ def pipeline_harness(engine: Engine, database_url: str, **emulator_config: Any) 
         run_emulator(**config) as emulator,
         s3_endpoint() as s3_url,
         instance_for_test() as instance,
-        environment(
-            AI_PIPELINE_DATABASE_URL=database_url,
-            REPLICATE_BASE_URL=emulator.base_url,
-            REPLICATE_API_TOKEN=TEST_TOKEN,
+        temporary_environment(
+            {
+                "AI_PIPELINE_DATABASE_URL": database_url,
+                "REPLICATE_BASE_URL": emulator.base_url,
+                "REPLICATE_API_TOKEN": TEST_TOKEN,
+            }
         ),
     ):
         s3 = make_s3_client(s3_url)
