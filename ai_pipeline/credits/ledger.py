@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ai_pipeline.db.tables import credit_accounts, credit_ledger
@@ -56,6 +56,12 @@ class InsufficientCredits:
     @property
     def reason(self) -> str:
         return f"insufficient credits: balance {self.balance}, needed {self.needed}"
+
+
+_DEBIT_REQUEST = text(
+    "SELECT entry_id, user_id, credit_type, delta, kind, request_id, created_at, balance"
+    " FROM debit_request(:request_id, :user_id, :credit_type, :amount)"
+)
 
 
 class RefundWithoutDebit(ValueError):
@@ -128,20 +134,30 @@ def grant(
 
 
 def debit(conn: Connection, charge: Charge) -> LedgerEntry | InsufficientCredits:
-    """Charge a request once. A repeat call returns the first debit; a short balance is refused."""
-    current = _lock_account(conn, charge.user_id, charge.credit_type) or 0
-    existing = _request_entry(conn, charge.request_id, "debit")
-    if existing is not None:
-        return existing
-    if current < charge.amount:
-        return InsufficientCredits(request_id=charge.request_id, balance=current, needed=charge.amount)
-    return _insert(
-        conn,
-        user_id=charge.user_id,
-        credit_type=charge.credit_type,
-        delta=-charge.amount,
-        kind="debit",
-        request_id=charge.request_id,
+    """Charge a request once. A repeat call returns the first debit; a short balance is refused.
+
+    One round trip: the database's `debit_request` locks the account, looks for an earlier debit and
+    inserts (see migration 0003); every request of a run pays for this call.
+    """
+    row = conn.execute(
+        _DEBIT_REQUEST,
+        {
+            "request_id": charge.request_id,
+            "user_id": charge.user_id,
+            "credit_type": charge.credit_type,
+            "amount": charge.amount,
+        },
+    ).one()
+    if row.entry_id is None:
+        return InsufficientCredits(request_id=charge.request_id, balance=row.balance, needed=charge.amount)
+    return LedgerEntry(
+        id=row.entry_id,
+        user_id=row.user_id,
+        credit_type=row.credit_type,
+        delta=row.delta,
+        kind=row.kind,
+        request_id=row.request_id,
+        created_at=row.created_at,
     )
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from ai_pipeline.credits import grant
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.invariants import check_invariants
-from ai_pipeline.processing.database import run_in_transaction
+from ai_pipeline.processing.database import TransactionRunner, run_in_transaction
 from ai_pipeline_tests.crash_safety.crashes import batch_statuses, request_row
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
@@ -73,6 +73,26 @@ def test_a_transaction_whose_connection_drops_runs_again_and_applies_once(
     row = request_row(engine, request_id)
     assert calls == [1, 1] and [r.id for r in claimed] == [request_id]
     assert row.status == "processing" and row.attempts == 1 and row.lease_owner == f"run-{unique}"
+
+
+def _backend_pid(conn: Connection) -> int:
+    return conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_a_runner_keeps_its_connection_and_replaces_it_once_its_backend_is_gone(engine: Engine) -> None:
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    runner = TransactionRunner(engine, threads=1)
+    try:
+        first = runner.run_sync(_backend_pid)
+        assert runner.run_sync(_backend_pid) == first  # one connection for the thread, not one per call
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar_one()
+        replaced = runner.run_sync(_backend_pid)  # the dead connection fails, the call runs again
+        assert replaced != first
+        assert runner.run_sync(_backend_pid) == replaced
+    finally:
+        runner.close()
+    assert engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]  # closing gave it back
 
 
 def test_a_run_finishes_its_batch_while_its_database_connections_are_terminated(
