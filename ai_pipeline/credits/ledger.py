@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, Row, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ai_pipeline.db.tables import credit_accounts, credit_ledger
@@ -148,6 +149,11 @@ def debit(conn: Connection, charge: Charge) -> LedgerEntry | InsufficientCredits
             "amount": charge.amount,
         },
     ).one()
+    return debit_outcome(row, charge)
+
+
+def debit_outcome(row: Row[Any], charge: Charge) -> LedgerEntry | InsufficientCredits:
+    """A row shaped like `debit_request`'s answer, as the debit it names or the shortfall it reports."""
     if row.entry_id is None:
         return InsufficientCredits(request_id=charge.request_id, balance=row.balance, needed=charge.amount)
     return LedgerEntry(

@@ -280,7 +280,7 @@ class BatchRunner:
             )
             return "failed" if done else "lease_lost"
         delay = max(retry_after or 0.0, self.config.requeue_delay_seconds * random.uniform(0.5, 1.5))
-        done = await self.db(transitions.release, request.id, self.owner, reason, delay)
+        done = await self.db.statement(transitions.release, request.id, self.owner, reason, delay)
         return "requeued" if done else "lease_lost"
 
     async def _settle(self, request: ClaimedRequest) -> str:
@@ -304,7 +304,7 @@ class BatchRunner:
                 await self._limiter.acquire()
                 charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
                 try:
-                    result = await self.db(
+                    result = await self.db.statement(
                         transitions.charge_and_mark_intent,
                         request.id,
                         self.owner,
@@ -360,7 +360,7 @@ class BatchRunner:
         return found
 
     async def _record(self, request: ClaimedRequest, prediction: Prediction) -> None:
-        if not await self.db(transitions.record_prediction, request.id, self.owner, prediction.id):
+        if not await self.db.statement(transitions.record_prediction, request.id, self.owner, prediction.id):
             raise LeaseLost
 
     async def _create(self, request: ClaimedRequest, spec: ModelSpec, *, intent_at: datetime) -> Prediction:
@@ -368,7 +368,9 @@ class BatchRunner:
         for attempt in range(config.call_retries + 1):
             if attempt:  # the first create's token was taken before the charge
                 await self._limiter.acquire()
-                held = await self.db(transitions.extend_lease, request.id, self.owner, config.lease_seconds)
+                held = await self.db.statement(
+                    transitions.extend_lease, request.id, self.owner, config.lease_seconds
+                )
                 if not held:
                     raise LeaseLost
             try:
@@ -447,7 +449,9 @@ class BatchRunner:
             )
             return "canceled" if done else "lease_lost"
         outputs = await self._store_outputs(request, prediction)
-        done = await self.db(transitions.mark_succeeded, request.id, self.owner, outputs, predict_time)
+        done = await self.db.statement(
+            transitions.mark_succeeded, request.id, self.owner, outputs, predict_time
+        )
         return "succeeded" if done else "lease_lost"
 
     async def _store_outputs(self, request: ClaimedRequest, prediction: Prediction) -> list[dict[str, Any]]:

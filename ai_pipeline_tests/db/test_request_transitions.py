@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, event, text
 
 from ai_pipeline.credits import Charge, LedgerEntry, balance, grant
 from ai_pipeline.credits.ledger import InsufficientCredits, debited_entry, refunded_entry
 from ai_pipeline.db import requests as t
 from ai_pipeline.db.statuses import ALLOWED_TRANSITIONS, IllegalTransition, RequestStatus
+from ai_pipeline.processing.database import TransactionRunner
 from ai_pipeline_tests.support.factories import ensure_test_model, insert_request
 
 CT = "image_generation"
@@ -275,3 +278,49 @@ def test_automatic_requeues_wait_for_the_backoff(engine: Engine, unique: str) ->
             {"id": request_id},
         )
         assert t.requeue_failed(conn, batch, only_retryable=True, failed_before_seconds=60) == 1
+
+
+def _one_statement_calls(user: str, owner: str) -> dict[str, Callable[[Connection, int], object]]:
+    return {
+        "extend_lease": lambda conn, rid: t.extend_lease(conn, rid, owner, 60),
+        "charge_and_mark_intent": lambda conn, rid: t.charge_and_mark_intent(
+            conn, rid, owner, Charge(rid, user, CT, 1), 60
+        ),
+        "record_prediction": lambda conn, rid: t.record_prediction(conn, rid, owner, f"p-{rid}"),
+        "mark_succeeded": lambda conn, rid: t.mark_succeeded(conn, rid, owner, [], 1.0),
+        "release": lambda conn, rid: t.release(conn, rid, owner, "later", 5),
+    }
+
+
+def test_transitions_marked_one_statement_send_exactly_one(engine: Engine, unique: str) -> None:
+    """The runner sends these outside a transaction (`TransactionRunner.statement`): a second
+    statement in one of them would no longer be atomic with the first."""
+    user, batch, ids = _setup(engine, unique, count=5)
+    owner = f"run-{unique}"
+    calls = _one_statement_calls(user, owner)
+    marked = {name for name, fn in vars(t).items() if getattr(fn, "one_statement", False)}
+    assert marked == set(calls)
+    with engine.begin() as conn:
+        t.claim_requests(conn, batch, owner, 5, 60)
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    for (name, call), request_id in zip(calls.items(), ids, strict=True):
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            event.listen(conn, "before_cursor_execute", count)
+            statements.clear()
+            assert call(conn, request_id), name  # each took effect
+            event.remove(conn, "before_cursor_execute", count)
+        assert len(statements) == 1, f"{name}: {statements}"
+
+
+def test_only_one_statement_transitions_run_outside_a_transaction(engine: Engine) -> None:
+    runner = TransactionRunner(engine, threads=1)
+    try:
+        with pytest.raises(TypeError, match="mark_failed"):
+            runner.statement_sync(t.mark_failed, 1, "run", "no", retryable=False)
+    finally:
+        runner.close()
