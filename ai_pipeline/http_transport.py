@@ -59,19 +59,21 @@ class _LinearConnectionPool(httpcore.AsyncConnectionPool):
     _next_sweep = 0.0
 
     def _assign_requests_to_connections(self) -> list[Any]:
-        closing_connections = []
+        closing_connections: list[Any] = []
         now = time.monotonic()
-        sweep = now >= self._next_sweep
-        if sweep:
+        # The clean-up visits every connection: once a second, or when the pool is full and a closed or
+        # surplus idle connection may be in the way of a new one. In between, a closed connection is
+        # skipped (it is not available) and an expired idle one is dropped when it comes up for reuse.
+        if now >= self._next_sweep or len(self._connections) >= self._max_connections:
             self._next_sweep = now + self.SWEEP_SECONDS
-        for connection in list(self._connections):
-            if connection.is_closed():
-                self._connections.remove(connection)
-            elif (sweep and connection.has_expired()) or (
-                connection.is_idle() and len(self._connections) > self._max_keepalive_connections
-            ):
-                self._connections.remove(connection)
-                closing_connections.append(connection)
+            for connection in list(self._connections):
+                if connection.is_closed():
+                    self._connections.remove(connection)
+                elif connection.has_expired() or (
+                    connection.is_idle() and len(self._connections) > self._max_keepalive_connections
+                ):
+                    self._connections.remove(connection)
+                    closing_connections.append(connection)
 
         for pool_request in [request for request in self._requests if request.is_queued()]:
             origin = pool_request.request.url.origin
