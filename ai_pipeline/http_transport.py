@@ -88,6 +88,10 @@ class _LinearConnectionPool(httpcore.AsyncConnectionPool):
                 available = candidate
                 break
             if available is not None:
+                # To the back of the line: the connections at the front were assigned longest ago, so
+                # they are the likeliest to be free, and the next search stops early.
+                self._connections.remove(available)
+                self._connections.append(available)
                 pool_request.assign_to_connection(available)
             elif len(self._connections) < self._max_connections:
                 connection = self.create_connection(origin)
