@@ -1,129 +1,137 @@
-"""HTTP transports for many requests in flight at once.
+"""The HTTP transport under httpx for many requests in flight at once: aiohttp's connection pool.
 
-A run keeps dozens of requests to Replicate and its delivery host in flight, and httpcore 1.0's
-connection pool is costly at that size, measured at about 3 ms of CPU per pipeline request:
+A run keeps dozens of requests to Replicate (through the official client, which speaks httpx) and to
+its delivery host in flight. Under httpx's own transport, httpcore's pool, h11 and anyio were about
+half of the run worker's event-loop CPU (cProfile): the pool walks every connection on every request,
+and h11 parses HTTP in Python. `AiohttpTransport` keeps httpx's API (requests, responses, timeouts,
+errors) and hands the wire to aiohttp, whose pool and HTTP parser are C. Measured side by side, the
+official client's create plus one download cost about 1 ms of CPU less per request.
 
-- its clean-up loop runs on every request and, for each idle connection, builds a list of all
-  connections only to take its length (quadratic in the pool size);
-- its "did the server close this idle connection?" check rebuilds a dict of socket attributes,
-  `getpeername` included, every time, and makes a `poll` system call, for every idle connection on
-  every request (counted: about 150 polls per pipeline request with 50 in flight).
-
-`pooled_async_transport` returns httpx's transport with a pool that does the same with a length and a
-remembered socket, and checks only the connection it is about to reuse (all of them once a second).
-It is only installed on the httpcore line it was checked against (1.0.x); any other
-version keeps httpx's own pool.
+Errors are mapped to httpx's so that callers can still tell "never sent" (`ConnectError`,
+`ConnectTimeout`: safe to send again) from "sent, answer lost" (`RemoteProtocolError`, `ReadError`,
+`ReadTimeout`: a create may have happened). A mapping that blurred the two would turn a lost answer
+into a second billed prediction, so it is spelled out here and tested, not taken from a library.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator
 
-import anyio
-import httpcore
+import aiohttp
 import httpx
-from httpcore._backends.anyio import AnyIOBackend, AnyIOStream
-from httpcore._utils import is_socket_readable
+import yarl
 
-_CHECKED_HTTPCORE = "1.0."
-
-
-class _CachedSocketStream(AnyIOStream):
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._raw_socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return is_socket_readable(self._raw_socket)
-        return super().get_extra_info(info)
-
-    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        upgraded = await super().start_tls(*args, **kwargs)
-        return _CachedSocketStream(upgraded._stream)  # type: ignore[attr-defined]
+_CHUNK_BYTES = 64 * 1024
 
 
-class _CachedSocketBackend(AnyIOBackend):
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        stream = await super().connect_tcp(*args, **kwargs)
-        return _CachedSocketStream(stream._stream)  # type: ignore[attr-defined]
+def transport_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+    """The httpx error for an aiohttp (or timeout) error raised while sending `request`."""
+    message = str(exc) or type(exc).__name__
+    # Never sent: nothing reached the server, so sending again is safe.
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or waiting for a pooled one
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    # Sent (or partly sent): the answer was lost; the request may have taken effect.
+    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.ClientResponseError):  # a malformed answer
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(message, request=request)
+    if isinstance(exc, aiohttp.ClientOSError):
+        return httpx.ReadError(message, request=request)
+    return httpx.NetworkError(message, request=request)
 
 
-class _LinearConnectionPool(httpcore.AsyncConnectionPool):
-    """httpcore's pool, with its per-request clean-up made linear in the number of connections, and
-    the "did the server close it?" check (a `poll` system call per idle connection) made only for the
-    connection about to be reused, plus a full sweep at most once per `SWEEP_SECONDS`."""
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
 
-    SWEEP_SECONDS = 1.0
-    _next_sweep = 0.0
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(_CHUNK_BYTES):
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, self._request) from exc
 
-    def _assign_requests_to_connections(self) -> list[Any]:
-        closing_connections: list[Any] = []
-        now = time.monotonic()
-        # The clean-up visits every connection: once a second, or when the pool is full and a closed or
-        # surplus idle connection may be in the way of a new one. In between, a closed connection is
-        # skipped (it is not available) and an expired idle one is dropped when it comes up for reuse.
-        if now >= self._next_sweep or len(self._connections) >= self._max_connections:
-            self._next_sweep = now + self.SWEEP_SECONDS
-            for connection in list(self._connections):
-                if connection.is_closed():
-                    self._connections.remove(connection)
-                elif connection.has_expired() or (
-                    connection.is_idle() and len(self._connections) > self._max_keepalive_connections
-                ):
-                    self._connections.remove(connection)
-                    closing_connections.append(connection)
-
-        for pool_request in [request for request in self._requests if request.is_queued()]:
-            origin = pool_request.request.url.origin
-            available = None
-            for candidate in list(self._connections):
-                if not (candidate.can_handle_request(origin) and candidate.is_available()):
-                    continue
-                if candidate.is_idle() and candidate.has_expired():  # closed by the server, or too old
-                    self._connections.remove(candidate)
-                    closing_connections.append(candidate)
-                    continue
-                available = candidate
-                break
-            if available is not None:
-                # To the back of the line: the connections at the front were assigned longest ago, so
-                # they are the likeliest to be free, and the next search stops early.
-                self._connections.remove(available)
-                self._connections.append(available)
-                pool_request.assign_to_connection(available)
-            elif len(self._connections) < self._max_connections:
-                connection = self.create_connection(origin)
-                self._connections.append(connection)
-                pool_request.assign_to_connection(connection)
-            else:
-                idle = next((c for c in self._connections if c.is_idle()), None)
-                if idle is not None:
-                    self._connections.remove(idle)
-                    closing_connections.append(idle)
-                    connection = self.create_connection(origin)
-                    self._connections.append(connection)
-                    pool_request.assign_to_connection(connection)
-        return closing_connections
+    async def aclose(self) -> None:
+        if self._response.content.at_eof():
+            self._response.release()  # read to the end: the connection goes back to the pool
+        else:
+            self._response.close()  # abandoned half-way (e.g. too large): the connection is dropped
 
 
-def pooled_async_transport(
-    max_connections: int, max_keepalive: int | None = None
-) -> httpx.AsyncHTTPTransport:
-    """httpx's async transport with up to `max_connections`, keeping `max_keepalive` idle ones."""
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_keepalive if max_keepalive is not None else max_connections,
-    )
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    stock = getattr(transport, "_pool", None)
-    if httpcore.__version__.startswith(_CHECKED_HTTPCORE) and type(stock) is httpcore.AsyncConnectionPool:
-        transport._pool = _LinearConnectionPool(
-            ssl_context=stock._ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_CachedSocketBackend(),
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx's async transport interface over one aiohttp session (per event loop).
+
+    Bodies are passed through as they are (no decompression here: httpx decodes them, as with its own
+    transport); the `sni_hostname` request extension sets the TLS server name, as httpcore does.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _session_for_this_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            # A session (its connections) belongs to the loop it was made in.
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=0,
+                keepalive_timeout=5.0,
+                ttl_dns_cache=60,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            )
+            self._loop = loop
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session_for_this_loop()
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        body = await request.aread()
+        try:
+            response = await session.request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),
+                headers=[(name, value) for name, value in request.headers.multi_items()],
+                data=body or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=timeouts.get("pool"),
+                    sock_connect=timeouts.get("connect"),
+                    sock_read=timeouts.get("read"),
+                ),
+                server_hostname=request.extensions.get("sni_hostname"),
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, request) from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            stream=_ResponseStream(response, request),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
         )
-    return transport
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+def pooled_async_transport(max_connections: int) -> AiohttpTransport:
+    """An httpx async transport with up to `max_connections` connections at once (idle ones are kept
+    for 5 s)."""
+    return AiohttpTransport(max_connections)

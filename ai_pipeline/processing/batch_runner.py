@@ -43,6 +43,7 @@ from ai_pipeline.replicate.errors import classify_failure, model_error_is_retrya
 from ai_pipeline.replicate.predictions import (
     TERMINAL_PREDICTION_STATUSES,
     cancel_prediction,
+    close_client,
     create_prediction,
     get_prediction,
 )
@@ -170,8 +171,8 @@ class BatchRunner:
         }
         await self.db(ensure_bucket, self._create_bucket)
         await self.db(transitions.release_expired_leases, batch_id)
-        # Downloads are short: a small pool suffices, and httpcore's pool costs grow with its size.
-        transport = pooled_async_transport(max(8, self.config.max_in_flight // 2), max_keepalive=16)
+        # Downloads are short: a small pool suffices.
+        transport = pooled_async_transport(max(8, self.config.max_in_flight // 2))
         async with httpx.AsyncClient(transport=transport) as http:
             self._http = http
             renewer = asyncio.create_task(self._renew_leases())
@@ -181,6 +182,7 @@ class BatchRunner:
                 renewer.cancel()
                 self._unrecorded.close()
                 self._http = None
+                await close_client(self.replicate)  # its connections belong to this event loop
         self._uploads.shutdown(wait=True)
         self.db.close()
         report.seconds = time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import httpx
@@ -9,20 +10,35 @@ import replicate
 from replicate.prediction import Prediction
 
 from ai_pipeline.catalogue import ModelSpec
-from ai_pipeline.http_transport import pooled_async_transport
+from ai_pipeline.http_transport import AiohttpTransport, pooled_async_transport
 
 TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 
+# The transport under each client made here, so that `close_client` can close its connections.
+_transports: weakref.WeakKeyDictionary[replicate.Client, AiohttpTransport] = weakref.WeakKeyDictionary()
+
+
 def make_client(api_token: str | None, base_url: str, *, max_connections: int = 200) -> replicate.Client:
-    """A client for `base_url` (the host root; the client's paths start with /v1)."""
-    return replicate.Client(
+    """A client for `base_url` (the host root; the client's paths start with /v1), for async calls."""
+    transport = pooled_async_transport(max_connections)
+    client = replicate.Client(
         api_token=api_token,
         base_url=base_url,
         # Connect quickly or fail; allow a full `Prefer: wait=60` answer plus slack on reads.
         timeout=httpx.Timeout(connect=5.0, read=75.0, write=30.0, pool=60.0),
-        transport=pooled_async_transport(max_connections),
+        transport=transport,
     )
+    _transports[client] = transport
+    return client
+
+
+async def close_client(client: replicate.Client) -> None:
+    """Close the connections a client from `make_client` holds in the running event loop (it opens
+    new ones if used again)."""
+    transport = _transports.get(client)
+    if transport is not None:
+        await transport.aclose()
 
 
 async def create_prediction(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
+from ai_pipeline.http_transport import pooled_async_transport
 from ai_pipeline.storage.errors import OutputFetchError, OutputGone, OutputRefused, OutputUnavailable
 from ai_pipeline.storage.fetch import FetchedFile, FetchPolicy, Resolver, fetch_output
 from ai_pipeline_tests.storage.file_server import PNG_BODY
@@ -25,11 +26,11 @@ def fetch(
     resolve: Resolver | None = None,
     client: httpx.AsyncClient | None = None,
 ) -> FetchedFile:
-    """Run `fetch_output` to completion with a fresh client."""
+    """Run `fetch_output` to completion with a fresh client on the transport the runner uses."""
     policy = FetchPolicy(tuple(allowed_hosts), max_bytes=max_bytes, timeout_seconds=timeout_seconds)
 
     async def run() -> FetchedFile:
-        async with client or httpx.AsyncClient() as http:
+        async with client or httpx.AsyncClient(transport=pooled_async_transport(4)) as http:
             return await fetch_output(http, url, policy, resolve=resolve)
 
     return asyncio.run(run())
