@@ -42,7 +42,7 @@ def transport_error(exc: BaseException, request: httpx.Request) -> httpx.Transpo
         return httpx.RemoteProtocolError(message, request=request)
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return httpx.UnsupportedProtocol(message, request=request)
-    if isinstance(exc, aiohttp.ClientOSError):
+    if isinstance(exc, OSError):  # ClientOSError and the like: reset while sending or reading
         return httpx.ReadError(message, request=request)
     return httpx.NetworkError(message, request=request)
 
@@ -56,7 +56,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         try:
             async for chunk in self._response.content.iter_chunked(_CHUNK_BYTES):
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (OSError, aiohttp.ClientError) as exc:  # OSError includes TimeoutError
             raise transport_error(exc, self._request) from exc
 
     async def aclose(self) -> None:
@@ -116,7 +116,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
                 server_hostname=request.extensions.get("sni_hostname"),
             )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (OSError, aiohttp.ClientError) as exc:  # OSError includes TimeoutError
             raise transport_error(exc, request) from exc
         return httpx.Response(
             status_code=response.status,

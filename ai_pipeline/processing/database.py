@@ -58,11 +58,11 @@ class TransactionRunner:
     """Runs `fn(conn, *args)` in its own transaction on a small thread pool.
 
     Each worker thread keeps its connections (one for transactions, one for single statements) for the
-    runner's life: a run makes a few transactions per
-    request, and checking a connection out of the pool and back for each costs about as much CPU as the
-    statements themselves. A transaction that fails because its connection dropped (a restarted server,
-    a terminated backend) is run again on a fresh connection: it rolled back as a whole, and every state
-    change it makes is a compare-and-set, so running it again is safe.
+    runner's life: a run makes a few database calls per request, and checking a connection out of the
+    pool and back for each costs about as much CPU as the statements themselves. A transaction that
+    fails because its connection dropped (a restarted server, a terminated backend) is run again on a
+    fresh connection: it rolled back as a whole, and every state change it makes is a compare-and-set,
+    so running it again is safe.
     """
 
     def __init__(self, engine: Engine, *, threads: int = 4, reconnect_attempts: int = 5) -> None:

@@ -9,11 +9,12 @@ import gzip
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import httpx
 import pytest
 
 from ai_pipeline.emulator.server import run_emulator
-from ai_pipeline.http_transport import pooled_async_transport
+from ai_pipeline.http_transport import pooled_async_transport, transport_error
 from ai_pipeline.replicate.errors import classify_failure
 from ai_pipeline.replicate.predictions import close_client, make_client
 
@@ -155,3 +156,24 @@ def test_the_official_client_through_the_transport_against_the_emulator() -> Non
     assert status == "succeeded"
     failure = classify_failure(error)
     assert failure.transient and failure.ambiguous, error
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "ambiguous"),
+    [
+        (aiohttp.ConnectionTimeoutError("no connection in time"), httpx.ConnectTimeout, False),
+        (aiohttp.SocketTimeoutError("no answer in time"), httpx.ReadTimeout, True),
+        (TimeoutError(), httpx.ReadTimeout, True),
+        (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError, True),
+        (aiohttp.ClientPayloadError("cut short"), httpx.RemoteProtocolError, True),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), httpx.ReadError, True),
+        (ConnectionResetError(104, "Connection reset by peer"), httpx.ReadError, True),
+    ],
+)
+def test_each_aiohttp_error_keeps_whether_the_request_may_have_arrived(
+    raised: BaseException, expected: type[httpx.TransportError], ambiguous: bool
+) -> None:
+    request = httpx.Request("POST", "http://127.0.0.1/v1/predictions")
+    error = transport_error(raised, request)
+    assert type(error) is expected and error.request is request
+    assert classify_failure(error).ambiguous is ambiguous
