@@ -60,7 +60,7 @@ class InsufficientCredits:
 
 
 _DEBIT_REQUEST = text(
-    "SELECT entry_id, user_id, credit_type, delta, kind, request_id, created_at, balance"
+    "SELECT entry_id AS id, user_id, credit_type, delta, kind, request_id, created_at, balance"
     " FROM debit_request(:request_id, :user_id, :credit_type, :amount)"
 )
 
@@ -153,18 +153,11 @@ def debit(conn: Connection, charge: Charge) -> LedgerEntry | InsufficientCredits
 
 
 def debit_outcome(row: Row[Any], charge: Charge) -> LedgerEntry | InsufficientCredits:
-    """A row shaped like `debit_request`'s answer, as the debit it names or the shortfall it reports."""
-    if row.entry_id is None:
+    """A row shaped like `debit_request`'s answer (its `entry_id` selected as `id`), as the debit it names
+    or the shortfall it reports."""
+    if row.id is None:
         return InsufficientCredits(request_id=charge.request_id, balance=row.balance, needed=charge.amount)
-    return LedgerEntry(
-        id=row.entry_id,
-        user_id=row.user_id,
-        credit_type=row.credit_type,
-        delta=row.delta,
-        kind=row.kind,
-        request_id=row.request_id,
-        created_at=row.created_at,
-    )
+    return _entry(row)
 
 
 def refund(conn: Connection, request_id: int) -> LedgerEntry:

@@ -164,7 +164,7 @@ def charge_and_mark_intent(
 
 
 _CHARGE_REQUEST = text(
-    "SELECT held, entry_id, user_id, credit_type, delta, kind, request_id, created_at, balance"
+    "SELECT held, entry_id AS id, user_id, credit_type, delta, kind, request_id, created_at, balance"
     " FROM charge_request(:id, :owner, :user_id, :credit_type, :amount, :lease)"
 )
 
