@@ -77,7 +77,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ssl_context = httpx.create_ssl_context()
 
     def _session_for_this_loop(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -88,7 +87,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit_per_host=0,
                 keepalive_timeout=5.0,
                 ttl_dns_cache=60,
-                ssl=self._ssl_context,  # httpx's (certifi's CAs), as with httpx's own transport
+                ssl=httpx.create_ssl_context(),  # certifi's CAs, as with httpx's own transport
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -2,8 +2,9 @@
 
 dagster-postgres opens a new Postgres connection for every storage call (`NullPool`), so that a process
 creating many `DagsterInstance`s does not pile up connections. Each of our processes (daemon, code
-server, run worker, webserver) builds one instance and calls its storage several times a second; in
-the idle daemon the connects were about a third of its CPU (py-spy). These classes are the stock ones
+server, run worker, webserver) keeps one instance and calls its storage several times a second (the
+code server also builds a short-lived one per run-status sensor tick); in the idle daemon the connects
+were about a third of its CPU (py-spy). These classes are the stock ones
 with a small pool instead: one connection kept per storage, a few more while busy, recycled hourly and
 pinged before use, so a restarted server costs a reconnect, not a failed tick. `dagster.yaml` names them.
 """
