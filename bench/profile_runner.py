@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--server", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--stats-file", help="with --profile: also save the pstats there (for callers)")
     parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
 
     parser.add_argument("--creates-per-minute", default="100000", help="the shared create limit")
@@ -189,6 +190,8 @@ def main() -> None:
     print(f"runner CPU {cpu:.2f} s = {cpu * 1000 / handled:.2f} ms/request (this process, all threads)")
     if profiler:
         stats = pstats.Stats(profiler)
+        if args.stats_file:
+            stats.dump_stats(args.stats_file)
         by_package: Counter[str] = Counter()
         for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
             by_package[_package(filename)] += tottime

@@ -196,6 +196,8 @@ class BatchRunner:
         """
         config = self.config
         in_flight: set[asyncio.Task[str]] = set()
+        # Finished tasks arrive here (asyncio.wait would walk every task in flight on each call).
+        finished: asyncio.Queue[asyncio.Task[str]] = asyncio.Queue()
         ready: deque[ClaimedRequest] = deque()
         # Tasks beyond the prediction bound are downloading, storing or settling finished work.
         max_tasks = config.max_in_flight + max(4, config.max_in_flight // 2)
@@ -212,13 +214,14 @@ class BatchRunner:
                     self._held.update(request.id for request in claimed)
                     ready.extend(claimed)
                 while ready and len(in_flight) < max_tasks:
-                    in_flight.add(asyncio.create_task(self._process(ready.popleft())))
+                    task = asyncio.create_task(self._process(ready.popleft()))
+                    task.add_done_callback(finished.put_nowait)
+                    in_flight.add(task)
                 if not in_flight:
                     return
-                done, in_flight = await asyncio.wait(
-                    in_flight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-                )
+                done = await _finished_within(finished, 1.0)
                 for task in done:
+                    in_flight.discard(task)
                     report.outcomes[task.result()] += 1
                 if batch_empty and done and not ready:
                     # Requests handed back with no delay, or released by a sweeper, are due again.
@@ -498,6 +501,19 @@ class BatchRunner:
                     backoff_delay(attempt, config.backoff_base_seconds, config.backoff_max_seconds)
                 )
         raise AssertionError("unreachable")
+
+
+async def _finished_within(
+    finished: asyncio.Queue[asyncio.Task[str]], timeout: float
+) -> list[asyncio.Task[str]]:
+    """Every task in `finished` once at least one is there, or none after `timeout` seconds."""
+    done: list[asyncio.Task[str]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            done.append(await finished.get())
+    while not finished.empty():
+        done.append(finished.get_nowait())
+    return done
 
 
 def _prediction_ids_of_twins(conn: Connection, request: ClaimedRequest) -> frozenset[str]:

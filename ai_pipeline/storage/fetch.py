@@ -196,12 +196,14 @@ def _parse_url(url: str) -> httpx.URL:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
         raise OutputRefused("invalid output URL", url=redact_url(url)) from None
-    where = redact_url(parsed)
     if parsed.scheme not in _DEFAULT_PORTS:
+        where = redact_url(parsed)
         raise OutputRefused(f"scheme {parsed.scheme!r} not allowed: {where}", url=where)
     if not parsed.host:
+        where = redact_url(parsed)
         raise OutputRefused(f"output URL has no host: {where}", url=where)
     if parsed.userinfo:
+        where = redact_url(parsed)
         raise OutputRefused(f"output URL carries credentials: {where}", url=where)
     return parsed
 
@@ -214,13 +216,13 @@ async def _checked_addresses(
     url: httpx.URL, allowlist: tuple[AllowedHost, ...], resolver: Resolver
 ) -> list[IPAddress]:
     """The addresses `url` may be fetched from, or OutputRefused/OutputUnavailable."""
-    where = redact_url(url)
     host, port = _ascii_host(url).rstrip("."), _effective_port(url)
     literal = _ip_literal(host)
     if literal is not None:
         host = str(literal)  # one spelling per address, as in the parsed allowlist
     matched = [entry for entry in allowlist if entry.matches(host, port)]
     if not matched:
+        where = redact_url(url)
         raise OutputRefused(f"host {host}:{port} is not an allowed output host: {where}", url=where)
     trust_private = any(entry.trusts_private_addresses for entry in matched)
 
@@ -230,14 +232,15 @@ async def _checked_addresses(
         try:
             resolved = await resolver(host, port)
         except OSError as exc:
-            raise OutputUnavailable(f"cannot resolve {host}: {exc}", url=where) from None
+            raise OutputUnavailable(f"cannot resolve {host}: {exc}", url=redact_url(url)) from None
         addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolved]
         if not addresses:
-            raise OutputUnavailable(f"{host} resolved to no address", url=where)
+            raise OutputUnavailable(f"{host} resolved to no address", url=redact_url(url))
 
     for address in addresses:
         reason = _refusal_reason(address, trust_private)
         if reason:
+            where = redact_url(url)
             raise OutputRefused(f"{host} resolves to {reason} address {address}: {where}", url=where)
     return addresses
 
@@ -266,7 +269,6 @@ async def _get(
     client: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddress], policy: FetchPolicy
 ) -> tuple[bytes, str] | str:
     """One GET: (content, content type), or the Location of a redirect."""
-    where = redact_url(url)
     last_error: httpx.TransportError | None = None
     # Try each checked address in turn, as a normal client would; only connection failures move on.
     for address in addresses:
@@ -277,18 +279,21 @@ async def _get(
             last_error = exc
             continue
         except httpx.TimeoutException:
+            where = redact_url(url)
             raise OutputUnavailable(f"timed out fetching {where}", url=where) from None
         except httpx.TransportError as exc:
             raise _unavailable(exc, url) from None
         try:
             return await _read_response(response, url, policy)
         except httpx.TimeoutException:
+            where = redact_url(url)
             raise OutputUnavailable(f"timed out reading {where}", url=where) from None
         except httpx.TransportError as exc:
             raise _unavailable(exc, url) from None
         finally:
             await response.aclose()
     if last_error is None:  # unreachable: _checked_addresses never returns an empty list
+        where = redact_url(url)
         raise OutputUnavailable(f"no address to connect to for {where}", url=where)
     raise _unavailable(last_error, url)
 
@@ -318,35 +323,39 @@ def _pinned_request(
 async def _read_response(
     response: httpx.Response, url: httpx.URL, policy: FetchPolicy
 ) -> tuple[bytes, str] | str:
-    where = redact_url(url)
     status = response.status_code
-    if status in _REDIRECT_STATUSES:
-        location = response.headers.get("location")
-        if not location:
-            raise OutputFetchError(f"redirect {status} without Location from {where}", url=where)
-        return location
-    if status in _GONE_STATUSES:
-        raise OutputGone(f"{where} answered {status}: the file is gone", url=where, status_code=status)
-    if status >= 500 or status in _TRANSIENT_STATUSES:
-        raise OutputUnavailable(f"{where} answered {status}", url=where, status_code=status)
     if not 200 <= status < 300:
+        where = redact_url(url)
+        if status in _REDIRECT_STATUSES:
+            location = response.headers.get("location")
+            if not location:
+                raise OutputFetchError(f"redirect {status} without Location from {where}", url=where)
+            return location
+        if status in _GONE_STATUSES:
+            raise OutputGone(f"{where} answered {status}: the file is gone", url=where, status_code=status)
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            raise OutputUnavailable(f"{where} answered {status}", url=where, status_code=status)
         raise OutputFetchError(f"{where} answered {status}", url=where, status_code=status)
 
-    too_large = OutputRefused(f"{where} is larger than {policy.max_bytes} bytes", url=where)
     declared = response.headers.get("content-length")
     # Content-Length counts encoded bytes; only trust it for an early refusal when nothing is encoded.
     unencoded = "content-encoding" not in response.headers
     if unencoded and declared and declared.isdigit() and int(declared) > policy.max_bytes:
-        raise too_large
+        raise _too_large(url, policy)
     chunks: list[bytes] = []
     received = 0
     async for chunk in response.aiter_bytes():
         received += len(chunk)
         if received > policy.max_bytes:
-            raise too_large
+            raise _too_large(url, policy)
         chunks.append(chunk)
     content_type = response.headers.get("content-type", "").strip() or DEFAULT_CONTENT_TYPE
     return b"".join(chunks), content_type
+
+
+def _too_large(url: httpx.URL, policy: FetchPolicy) -> OutputRefused:
+    where = redact_url(url)
+    return OutputRefused(f"{where} is larger than {policy.max_bytes} bytes", url=where)
 
 
 def _unavailable(exc: httpx.TransportError, url: httpx.URL) -> OutputUnavailable:
