@@ -50,9 +50,10 @@ class Agent(threading.Thread):
 def run_worker_pids(instance: DagsterInstance) -> dict[str, int]:
     """The processes of the runs that are executing now, by run id.
 
-    The default run launcher has the code server (`dagster api grpc`) spawn one process per run
-    (`multiprocessing` spawn: `... spawn_main(...) --multiprocessing-fork`); the run records its pid in
-    its "Started process for run (pid: N)" event. Only live processes that look like run workers count.
+    The project's run launcher forks one process per run from its forkserver (command line
+    `... from multiprocessing.forkserver import main ...`); Dagster's default one has the code server
+    spawn it (`... spawn_main(...) --multiprocessing-fork`). Either way the run records the pid in its
+    "Started process for run (pid: N)" event. Only live processes that look like run workers count.
     """
     found = {}
     for record in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
@@ -64,7 +65,8 @@ def run_worker_pids(instance: DagsterInstance) -> dict[str, int]:
                 continue
             pid = int(pid_value.value)
             with contextlib.suppress(psutil.Error):
-                if "--multiprocessing-fork" in psutil.Process(pid).cmdline():
+                command = " ".join(psutil.Process(pid).cmdline())
+                if "--multiprocessing-fork" in command or "multiprocessing.forkserver" in command:
                     found[run_id] = pid
     return found
 
