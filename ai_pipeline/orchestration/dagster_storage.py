@@ -7,10 +7,17 @@ code server also builds a short-lived one per run-status sensor tick); in the id
 were about a third of its CPU (py-spy). These classes are the stock ones
 with a small pool instead: one connection kept per storage, a few more while busy, recycled hourly and
 pinged before use, so a restarted server costs a reconnect, not a failed tick. `dagster.yaml` names them.
+
+They also remember what they learnt about the schema. The stock storages ask the catalogue ("is there
+an `instigators` table?", "does `runs` have `start_time`?") on most calls, each an inspection query:
+a sensor tick or a dequeue in the idle daemon made several (py-spy). A "yes" cannot turn into "no"
+while the process lives (migrations add tables and columns), so a "yes" is kept for the process.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from dagster._serdes import ConfigurableClassData
@@ -22,6 +29,26 @@ POOL = {"pool_size": 1, "max_overflow": 4, "pool_recycle": 3600, "pool_pre_ping"
 
 # (storage class, URL) whose tables this process has already checked or created.
 _TABLES_CHECKED: set[tuple[str, str]] = set()
+# (storage class, URL, question, its text arguments) answered "yes" in this process.
+_SCHEMA_YES: set[tuple[str, ...]] = set()
+
+
+def _remember_yes(question: Callable[..., bool]) -> Callable[..., bool]:
+    """A schema question whose "yes" is asked only once per storage class, database and arguments
+    (connections passed in are not part of the question)."""
+
+    @functools.wraps(question)
+    def ask(self: Any, *args: Any) -> bool:
+        key = (type(self).__name__, self.postgres_url, question.__name__)
+        key += tuple(arg for arg in args if isinstance(arg, str))
+        if key in _SCHEMA_YES:
+            return True
+        answer = question(self, *args)
+        if answer:
+            _SCHEMA_YES.add(key)
+        return answer
+
+    return ask
 
 
 class _KeepsConnections:
@@ -54,6 +81,11 @@ class _KeepsConnections:
         return storage
 
 
+def _remembering(cls: type, *questions: str) -> None:
+    for name in questions:
+        setattr(cls, name, _remember_yes(getattr(cls, name)))
+
+
 class PooledPostgresRunStorage(_KeepsConnections, PostgresRunStorage):
     """`PostgresRunStorage` with a kept connection."""
 
@@ -64,3 +96,27 @@ class PooledPostgresEventLogStorage(_KeepsConnections, PostgresEventLogStorage):
 
 class PooledPostgresScheduleStorage(_KeepsConnections, PostgresScheduleStorage):
     """`PostgresScheduleStorage` with a kept connection."""
+
+
+_remembering(
+    PooledPostgresRunStorage,
+    "has_built_index",
+    "has_run_stats_index_cols",
+    "has_bulk_actions_selector_cols",
+    "has_backfill_id_column",
+    "has_bulk_action_job_name_column",
+    "has_backfill_tags_table",
+)
+_remembering(
+    PooledPostgresEventLogStorage,
+    "has_table",
+    "has_secondary_index",
+    "_has_asset_key_col_on_connection",
+)
+_remembering(
+    PooledPostgresScheduleStorage,
+    "has_built_index",
+    "has_secondary_index_table",
+    "_has_instigators_table",
+    "_has_asset_daemon_asset_evaluations_table",
+)
