@@ -145,7 +145,7 @@ class BatchRunner:
         self._prediction_slots = asyncio.Semaphore(config.max_in_flight)
         self._http: httpx.AsyncClient | None = None
         self._create_bucket = creates_bucket(config.creates_per_minute)
-        self._limiter = SharedCreateLimiter(self.db, self._create_bucket)
+        self._limiter = SharedCreateLimiter(self.db.statement, self._create_bucket)
         self._unrecorded = UnrecordedPredictions(client_pages(replicate_client))
 
     # ----------------------------------------------------------------------------------- the run

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from ai_pipeline.db.requests import one_statement
+
 CREATES_BUCKET = "replicate-creates"
 
 _ENSURE = text(
@@ -71,12 +73,14 @@ def ensure_bucket(conn: Connection, config: BucketConfig) -> None:
     conn.execute(_ENSURE, {"name": config.name, "capacity": config.burst, "refill": config.refill_per_second})
 
 
+@one_statement
 def reserve(conn: Connection, name: str, n: float = 1.0) -> float:
     """Take `n` tokens; return the seconds to wait before using them (0 when available now)."""
     row = conn.execute(_RESERVE, {"name": name, "n": n}).one()
     return 0.0 if row.tokens >= 0 else -row.tokens / row.refill_per_second
 
 
+@one_statement
 def penalise(conn: Connection, name: str, seconds: float) -> None:
     """Hold every caller back for `seconds` (Replicate said to retry after that long)."""
     conn.execute(_PENALISE, {"name": name, "seconds": seconds})
@@ -87,13 +91,16 @@ class SharedCreateLimiter:
 
     One reservation per few creates instead of one per create keeps the database out of the hot
     path; tasks queue on a lock, so they are served in order and sleep only as long as the bucket says.
+    `run_statement` runs a one-statement function (`TransactionRunner.statement`): a reservation is a
+    single UPDATE, so it needs no BEGIN and COMMIT around it.
     """
 
-    def __init__(self, run_transaction: Callable[..., Awaitable[Any]], config: BucketConfig) -> None:
-        self._run = run_transaction
+    def __init__(self, run_statement: Callable[..., Awaitable[Any]], config: BucketConfig) -> None:
+        self._run = run_statement
         self._config = config
-        # About a fifth of a second's worth per reservation, between 1 and 10 tokens.
-        self._batch = int(min(10.0, max(1.0, config.refill_per_second / 5)))
+        # About half a second's worth per reservation, between 1 and 10 tokens: at most that many go
+        # unused when a run ends, and other runs queue behind a reservation no longer than that.
+        self._batch = int(min(10.0, max(1.0, config.refill_per_second / 2)))
         self._available = 0
         self._lock = asyncio.Lock()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from ai_pipeline.processing.database import TransactionRunner
 from ai_pipeline.replicate.rate_limit import (
@@ -54,7 +54,7 @@ def test_a_run_reserves_tokens_a_few_at_a_time(engine: Engine, unique: str) -> N
 
     async def counting(fn, *args):  # type: ignore[no-untyped-def]
         calls.append(args[1])
-        return await runner(fn, *args)
+        return await runner.statement(fn, *args)
 
     async def take(n: int) -> None:
         limiter = SharedCreateLimiter(counting, config)
@@ -63,3 +63,26 @@ def test_a_run_reserves_tokens_a_few_at_a_time(engine: Engine, unique: str) -> N
     asyncio.run(take(25))
     runner.close()
     assert calls == [10.0, 10.0, 10.0]
+
+
+def test_a_reservation_and_a_penalty_are_one_statement_each(engine: Engine, unique: str) -> None:
+    """The limiter runs them outside a transaction (`TransactionRunner.statement`)."""
+    config = _bucket(engine, unique, per_minute=600, burst=10)
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    for call in (lambda conn: reserve(conn, config.name, 2.0), lambda conn: penalise(conn, config.name, 1.0)):
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            event.listen(conn, "before_cursor_execute", count)
+            statements.clear()
+            call(conn)
+            event.remove(conn, "before_cursor_execute", count)
+        assert len(statements) == 1, statements
+    runner = TransactionRunner(engine, threads=1)
+    try:
+        assert runner.statement_sync(reserve, config.name, 1.0) > 0  # the penalty holds it back
+    finally:
+        runner.close()
