@@ -143,7 +143,7 @@ class BatchRunner:
         self._catalogue: dict[str, ModelSpec] = {}
         self._model_slots: dict[str, asyncio.Semaphore] = {}
         self._prediction_slots = asyncio.Semaphore(config.max_in_flight)
-        self._http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncBaseTransport | None = None
         self._create_bucket = creates_bucket(config.creates_per_minute)
         self._limiter = SharedCreateLimiter(self.db.statement, self._create_bucket)
         self._unrecorded = UnrecordedPredictions(client_pages(replicate_client))
@@ -172,8 +172,7 @@ class BatchRunner:
         await self.db(ensure_bucket, self._create_bucket)
         await self.db(transitions.release_expired_leases, batch_id)
         # Downloads are short: a small pool suffices.
-        transport = pooled_async_transport(max(8, self.config.max_in_flight // 2))
-        async with httpx.AsyncClient(transport=transport) as http:
+        async with pooled_async_transport(max(8, self.config.max_in_flight // 2)) as http:
             self._http = http
             renewer = asyncio.create_task(self._renew_leases())
             try:

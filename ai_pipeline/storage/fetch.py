@@ -13,6 +13,10 @@ The URL comes from a third party, so every hop is checked before a byte is sent:
   (DNS rebinding);
 - redirects are followed by hand, at most `max_redirects`, each hop checked again;
 - the body is streamed and abandoned once it passes `max_bytes`; one deadline covers everything.
+
+Requests go straight to an httpx transport, not through an `httpx.AsyncClient`: every feature a client
+adds (base URL, default headers, auth, cookies, redirects) is one this module must not use, and in the
+run worker the client layer cost about as much CPU as the transport under it (cProfile).
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _GONE_STATUSES = frozenset({401, 403, 404, 410})
-# Never sent to an output host, even if the caller's client carries them by default.
-_PRIVATE_HEADERS = ("authorization", "cookie", "proxy-authorization")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Instance metadata services that are not already link-local (169.254.0.0/16 always is).
@@ -140,7 +142,7 @@ class FetchedFile:
 
 
 async def fetch_output(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     url: str,
     policy: FetchPolicy,
     *,
@@ -149,13 +151,13 @@ async def fetch_output(
     """Download one output file under `policy`.
 
     Raises `OutputRefused` (policy says no; permanent), `OutputGone` (404/410/403; permanent) or
-    `OutputUnavailable` (5xx, 429, timeouts, connection and DNS errors; transient). The client's own
-    redirect setting is ignored, and its Authorization/Cookie headers are never sent.
+    `OutputUnavailable` (5xx, 429, timeouts, connection and DNS errors; transient). The only header
+    sent is Host (the transport adds its own defaults: Accept, Accept-Encoding, User-Agent).
     """
     resolver = resolve or _resolve_with_event_loop
     try:
         async with asyncio.timeout(policy.timeout_seconds):
-            return await _fetch_following_redirects(client, url, policy, resolver)
+            return await _fetch_following_redirects(transport, url, policy, resolver)
     except TimeoutError:
         raise OutputUnavailable(
             f"fetching {redact_url(url)} took longer than {policy.timeout_seconds:g}s", url=redact_url(url)
@@ -172,7 +174,7 @@ def redact_url(url: str | httpx.URL) -> str:
 
 
 async def _fetch_following_redirects(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     url: str,
     policy: FetchPolicy,
     resolver: Resolver,
@@ -180,7 +182,7 @@ async def _fetch_following_redirects(
     current = _parse_url(url)
     for _hop in range(policy.max_redirects + 1):
         addresses = await _checked_addresses(current, policy.allowlist, resolver)
-        outcome = await _get(client, current, addresses, policy)
+        outcome = await _get(transport, current, addresses, policy)
         if isinstance(outcome, str):
             current = _parse_url(str(current.join(outcome)))
             continue
@@ -266,15 +268,15 @@ def _refusal_reason(address: IPAddress, trust_private: bool) -> str | None:
 
 
 async def _get(
-    client: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddress], policy: FetchPolicy
+    transport: httpx.AsyncBaseTransport, url: httpx.URL, addresses: list[IPAddress], policy: FetchPolicy
 ) -> tuple[bytes, str] | str:
     """One GET: (content, content type), or the Location of a redirect."""
     last_error: httpx.TransportError | None = None
     # Try each checked address in turn, as a normal client would; only connection failures move on.
     for address in addresses:
-        request = _pinned_request(client, url, address, policy)
+        request = _pinned_request(url, address, policy)
         try:
-            response = await client.send(request, stream=True, follow_redirects=False)
+            response = await transport.handle_async_request(request)
         except httpx.ConnectError as exc:
             last_error = exc
             continue
@@ -298,26 +300,14 @@ async def _get(
     raise _unavailable(last_error, url)
 
 
-def _pinned_request(
-    client: httpx.AsyncClient, url: httpx.URL, address: IPAddress, policy: FetchPolicy
-) -> httpx.Request:
+def _pinned_request(url: httpx.URL, address: IPAddress, policy: FetchPolicy) -> httpx.Request:
     """A GET to the checked address, presenting the original host name (Host header, TLS SNI)."""
-    host_header = url.netloc.decode("ascii")
-    extensions: dict[str, str] = {}
+    extensions: dict[str, object] = {"timeout": httpx.Timeout(policy.timeout_seconds).as_dict()}
     target = url
     if _ip_literal(url.host) is None:
         target = url.copy_with(host=str(address))
         extensions["sni_hostname"] = _ascii_host(url)
-    request = client.build_request(
-        "GET",
-        target,
-        headers={"Host": host_header},
-        timeout=policy.timeout_seconds,
-        extensions=extensions,
-    )
-    for name in _PRIVATE_HEADERS:
-        request.headers.pop(name, None)
-    return request
+    return httpx.Request("GET", target, headers={"Host": url.netloc.decode("ascii")}, extensions=extensions)
 
 
 async def _read_response(
