@@ -42,6 +42,7 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """Resolves (host, port) to IP address strings. The default uses the event loop's getaddrinfo."""
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+USER_AGENT = "ai-pipeline (output download)"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _GONE_STATUSES = frozenset({401, 403, 404, 410})
@@ -151,8 +152,8 @@ async def fetch_output(
     """Download one output file under `policy`.
 
     Raises `OutputRefused` (policy says no; permanent), `OutputGone` (404/410/403; permanent) or
-    `OutputUnavailable` (5xx, 429, timeouts, connection and DNS errors; transient). The only header
-    sent is Host (the transport adds its own defaults: Accept, Accept-Encoding, User-Agent).
+    `OutputUnavailable` (5xx, 429, timeouts, connection and DNS errors; transient). The headers sent
+    are Host, Accept and User-Agent: never the Replicate token or a cookie.
     """
     resolver = resolve or _resolve_with_event_loop
     try:
@@ -307,7 +308,8 @@ def _pinned_request(url: httpx.URL, address: IPAddress, policy: FetchPolicy) -> 
     if _ip_literal(url.host) is None:
         target = url.copy_with(host=str(address))
         extensions["sni_hostname"] = _ascii_host(url)
-    return httpx.Request("GET", target, headers={"Host": url.netloc.decode("ascii")}, extensions=extensions)
+    headers = {"Host": url.netloc.decode("ascii"), "Accept": "*/*", "User-Agent": USER_AGENT}
+    return httpx.Request("GET", target, headers=headers, extensions=extensions)
 
 
 async def _read_response(

@@ -12,7 +12,7 @@ import pytest
 
 from ai_pipeline.http_transport import pooled_async_transport
 from ai_pipeline.storage.errors import OutputFetchError, OutputGone, OutputRefused, OutputUnavailable
-from ai_pipeline.storage.fetch import FetchedFile, FetchPolicy, Resolver, fetch_output
+from ai_pipeline.storage.fetch import USER_AGENT, FetchedFile, FetchPolicy, Resolver, fetch_output
 from ai_pipeline_tests.storage.file_server import PNG_BODY
 
 PUBLIC_ADDRESS = "93.184.215.14"
@@ -150,11 +150,11 @@ def test_connection_goes_to_the_checked_address_under_the_original_name() -> Non
 
 
 def test_no_credentials_or_cookies_are_sent(local: str, local_entry: str) -> None:
-    """The Replicate token must never reach a delivery host: we send Host, the transport its defaults."""
+    """The Replicate token must never reach a delivery host."""
     fetched = fetch(f"{local}/headers", [local_entry])
-    sent = {name.lower() for name in json.loads(fetched.content)}
-    assert "host" in sent
-    assert not sent & {"authorization", "cookie", "proxy-authorization"}, sent
+    sent = {name.lower(): value for name, value in json.loads(fetched.content).items()}
+    assert set(sent) <= {"host", "accept", "user-agent", "content-length"}, sent
+    assert sent["user-agent"] == USER_AGENT
 
 
 def test_dns_failure_is_transient() -> None:
