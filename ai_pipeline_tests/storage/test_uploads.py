@@ -6,6 +6,9 @@ import base64
 import hashlib
 from typing import Any
 
+import botocore
+
+from ai_pipeline.storage.client import USER_AGENT
 from ai_pipeline.storage.keys import s3_uri
 from ai_pipeline.storage.uploads import StoredObject, put_object, verify_object
 
@@ -19,6 +22,22 @@ def test_put_object_describes_what_it_stored(s3_client: Any, bucket: str) -> Non
     assert stored == StoredObject(
         uri=f"s3://{bucket}/{KEY}", key=KEY, sha256=PNG_SHA256, size=len(PNG), content_type="image/png"
     )
+
+
+def test_uploads_send_a_fixed_user_agent_and_no_expect_header(s3_client: Any, bucket: str) -> None:
+    sent: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append({k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+
+    s3_client.meta.events.register("before-send.s3.PutObject", record)
+    try:
+        put_object(s3_client, bucket, KEY, PNG, "image/png")
+    finally:
+        s3_client.meta.events.unregister("before-send.s3.PutObject", record)
+    assert len(sent) == 1
+    assert sent[0]["User-Agent"] == f"{USER_AGENT} Botocore/{botocore.__version__}"
+    assert "Expect" not in sent[0]
 
 
 def test_stored_object_has_the_content_and_content_type(s3_client: Any, bucket: str) -> None:
