@@ -8,10 +8,11 @@ a warm-up batch of 10 requests processed before the measured one:
 - rate-limited: 1,200 requests with Replicate's 600 creates/minute on, in the emulator and in the
   pipeline's shared limiter (ideal: 120 s).
 
-Measured from the load to the last terminal row: requests/s against the ideal, CPU per request of the
-pipeline's processes (the daemon and everything it starts: code server, run workers; sampled with
-psutil), and the share of creates answered 429. The emulator runs in its own process; its CPU, and the
-Postgres server's, are reported beside but not counted as the pipeline's.
+Measured from the load to the last terminal row: requests/s against the ideal, and the share of creates
+answered 429; CPU per request of the pipeline's processes (the daemon and everything it starts: code
+server, run workers; sampled with psutil) is counted on until the batch's runs have ended, so the
+manifest and materialization a run writes after its last request count too. The emulator runs in its
+own process; its CPU, and the Postgres server's, are reported beside but not counted as the pipeline's.
 
     .venv/bin/python bench/bench_pipeline.py [--requests 5000] [--limited-requests 1200] [--no-write]
 """
@@ -266,19 +267,34 @@ def warm_up(engine: Any, stack: Any, folder: Path, requests: int = 10) -> None:
     path = folder / "warm-up.csv"
     write_requests(path, requests, batch)
     load_file(engine, path, batch, progress=False)
-    runs = create_engine(stack.dagster_database_url)
     deadline = time.monotonic() + 180
+    while (statuses := count_statuses(engine, batch)).get("succeeded") != requests:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the warm-up batch did not finish: {statuses}")
+        time.sleep(0.5)
+    wait_for_runs_to_end(stack.dagster_database_url, batch, deadline - time.monotonic())
+
+
+def wait_for_runs_to_end(dagster_database_url: str, batch: str, timeout: float) -> None:
+    """Wait until no run of `batch` (its partition) is queued, starting or running any more."""
+    runs = create_engine(dagster_database_url)
+    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            statuses = count_statuses(engine, batch)
+        while True:
             with runs.connect() as conn:
-                open_runs = conn.execute(
-                    text("SELECT count(*) FROM runs WHERE status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED')")
+                still_open = conn.execute(
+                    text(
+                        "SELECT count(*) FROM runs JOIN run_tags ON run_tags.run_id = runs.run_id"
+                        " WHERE run_tags.key = 'dagster/partition' AND run_tags.value = :batch"
+                        " AND runs.status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED')"
+                    ),
+                    {"batch": batch},
                 ).scalar_one()
-            if statuses.get("succeeded") == requests and not open_runs:
+            if not still_open:
                 return
-            time.sleep(0.5)
-        raise RuntimeError(f"the warm-up batch did not finish: {statuses}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{still_open} run(s) of {batch} still open after {timeout:.0f} s")
+            time.sleep(0.2)
     finally:
         runs.dispose()
 
@@ -327,6 +343,8 @@ def run_scenario(scenario: Scenario, server_url: str) -> Outcome:
                             raise RuntimeError(f"{scenario.name}: not finished in time: {statuses}")
                         time.sleep(0.2)
                     seconds = time.monotonic() - started
+                    # The run still writes its manifest and materialization: its CPU counts too.
+                    wait_for_runs_to_end(stack.dagster_database_url, batch, timeout=300)
                     pipeline_cpu = pipeline.stop()
                     per_process = pipeline.by_process()
                     emulator_cpu = others.stop()
@@ -380,7 +398,8 @@ def format_section(outcomes: list[Outcome], command: str) -> str:
         "",
         "From the load of the batch to its last terminal row, with the daemon already running and a "
         "warm-up batch of 10 requests through it first, as a running pipeline has had (sensor every 5 s, "
-        "queued run coordinator, in-process executor). CPU is summed over the daemon "
+        "queued run coordinator, in-process executor). CPU is counted on until the batch's runs have "
+        "ended (their manifest and materialization included), summed over the daemon "
         "and every process it starts (code server, run workers); the emulator (own process) and the "
         "Postgres backends serving the pipeline's and Dagster's databases are shown beside it, not counted.",
         "",
