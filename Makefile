@@ -37,7 +37,7 @@ bench: $(STAMP) ## Benchmarks; results go to bench/RESULTS.md.
 	$(BIN)/python bench/run_all.py
 
 chaos: $(STAMP) ## Faults, SIGKILLed workers and dropped connections on 10,000 requests; then checks every invariant.
-	$(BIN)/python -m ai_pipeline.chaos --requests 10000
+	$(BIN)/python -m ai_pipeline.dev.chaos --requests 10000
 
 clean:
 	rm -rf $(VENV) .ai_pipeline .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -27,8 +28,35 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# The development tools' commands live in `ai_pipeline.dev`, which the runtime never imports: they are
+# loaded by name when asked for, and need the `dev` extra (`pip install 'ai_pipeline[dev]'`).
+DEV_COMMANDS = {
+    "demo": "ai_pipeline.dev.commands:demo",
+    "dev": "ai_pipeline.dev.commands:dev",
+    "emulate": "ai_pipeline.dev.emulator.cli:emulate",
+}
+
+
 class PipelineGroup(click.Group):
-    """Turns user mistakes and an unreachable database into a clear message and exit code 1."""
+    """Turns user mistakes and an unreachable database into a clear message and exit code 1; finds the
+    development tools' commands by name."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *DEV_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in DEV_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attribute = DEV_COMMANDS[cmd_name].partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise click.ClickException(
+                f"`ai-pipeline {cmd_name}` is a development tool and needs the dev extra"
+                f" (pip install 'ai_pipeline[dev]'): {exc}"
+            ) from exc
+        command: click.Command = getattr(module, attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -153,32 +181,11 @@ def cancel(batch_id: str | None, request_id: int | None) -> None:
     )
 
 
-@main.command()
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the batch to finish.")
-def demo(timeout: float) -> None:
-    """Run a sample batch through the whole pipeline on local stand-ins (nothing to configure)."""
-    from ai_pipeline.demo import run_demo
-
-    if not run_demo(timeout):
-        raise click.ClickException("the demo batch did not finish cleanly (see above)")
-
-
-@main.command()
-@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI.")
-def dev(port: int) -> None:
-    """Start the local stand-ins, the Dagster daemon and the Dagster UI until Ctrl+C."""
-    from ai_pipeline.demo import run_dev
-
-    run_dev(port)
-
-
 def _register_commands() -> None:
     """Commands that live beside the code they drive."""
-    from ai_pipeline.emulator.cli import emulate
     from ai_pipeline.loading.command import load_command
 
     main.add_command(load_command)
-    main.add_command(emulate)
 
 
 _register_commands()

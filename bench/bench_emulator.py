@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_emulator.py [--in-flight 1000] [--seconds 30] [--no-append]
 
-Starts the emulator as its own process (``python -m ai_pipeline.emulator``: uvicorn, one worker, uvloop
+Starts the emulator as its own process (``python -m ai_pipeline.dev.emulator``: uvicorn, one worker, uvloop
 + httptools, rate limits off, predict_seconds 1 +/- 0.2, loopback only). This process is the load
 generator: ``--in-flight`` workers on uvloop, each creating a prediction, polling it with GET every
 ``--poll-interval`` seconds (the official client's default, 0.5 s) until it is terminal, then starting
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 if importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION, emulator_process  # noqa: E402
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, emulator_process  # noqa: E402
 from bench.results import RESULTS, write_section  # noqa: E402
 
 HEADING = "## Emulator throughput"

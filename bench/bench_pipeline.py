@@ -45,10 +45,10 @@ sys.path.insert(0, str(REPO))
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models  # noqa: E402
 from ai_pipeline.credits import grant  # noqa: E402
 from ai_pipeline.db.engine import engine_for_url, resolve_database_url  # noqa: E402
-from ai_pipeline.demo import CATALOGUE  # noqa: E402
+from ai_pipeline.dev.demo import CATALOGUE  # noqa: E402
+from ai_pipeline.dev.local_stack import dagster_processes, local_stack  # noqa: E402
 from ai_pipeline.invariants import check_invariants  # noqa: E402
 from ai_pipeline.loading import load_file  # noqa: E402
-from ai_pipeline.local_stack import dagster_processes, local_stack  # noqa: E402
 from ai_pipeline.settings import Settings  # noqa: E402
 from ai_pipeline.storage.client import create_s3_client  # noqa: E402
 from bench.results import write_section  # noqa: E402

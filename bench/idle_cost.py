@@ -22,7 +22,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai_pipeline.db.engine import resolve_database_url
-from ai_pipeline.local_stack import dagster_processes, local_stack
+from ai_pipeline.dev.local_stack import dagster_processes, local_stack
 from ai_pipeline.settings import Settings
 from bench.bench_pipeline import CpuSampler, fresh_databases, wait_for_sensor
 from bench.results import write_section

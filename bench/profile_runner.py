@@ -33,8 +33,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ai_pipeline.db.engine import engine_for_url
+from ai_pipeline.dev.local_stack import LOCAL_BUCKET, free_port, local_stack
 from ai_pipeline.loading import load_file
-from ai_pipeline.local_stack import LOCAL_BUCKET, free_port, local_stack
 from ai_pipeline.orchestration.resources import build_resources
 from ai_pipeline.processing import BatchRunner
 from ai_pipeline.replicate.predictions import make_client

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ai_pipeline.chaos import ChaosScenario, run_chaos
+from ai_pipeline.dev.chaos import ChaosScenario, run_chaos
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -17,7 +17,7 @@ from ai_pipeline.catalogue import load_catalogue
 from ai_pipeline.credits import Charge, LedgerEntry
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.db.requests import ClaimedRequest
-from ai_pipeline.emulator.stats import canonical_json
+from ai_pipeline.dev.emulator.stats import canonical_json
 from ai_pipeline.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
 from ai_pipeline_tests.support.pipeline import TEST_TOKEN, PipelineHarness
 

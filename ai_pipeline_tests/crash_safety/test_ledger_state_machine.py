@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine, text
 from ai_pipeline.credits import Charge, InsufficientCredits, grant
 from ai_pipeline.db import requests as transitions
 from ai_pipeline.db.requests import ClaimedRequest, NotHeld
-from ai_pipeline.emulator.stats import canonical_json
+from ai_pipeline.dev.emulator.stats import canonical_json
 from ai_pipeline.invariants import check_invariants
 from ai_pipeline.sweeper import SweepPolicy, sweep
 from ai_pipeline_tests.crash_safety.crashes import expire_leases

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import replicate
 
-from ai_pipeline.emulator import run_emulator
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import run_emulator
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 # Short, exact timings keep the folder fast and the assertions tight.
 FAST = {"predict_seconds": 0.2, "predict_jitter_seconds": 0.0, "start_seconds": 0.02, "seed": 7}

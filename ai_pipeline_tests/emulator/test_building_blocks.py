@@ -8,12 +8,12 @@ import random
 import pytest
 from PIL import Image
 
-from ai_pipeline.emulator.app import parse_prefer_wait
-from ai_pipeline.emulator.artifacts import generate_tokens, render_png
-from ai_pipeline.emulator.config import ConfigError, EmulatorConfig, merge_config
-from ai_pipeline.emulator.models import IMAGE_MODEL_VERSION, find_version
-from ai_pipeline.emulator.predictions import new_prediction_id
-from ai_pipeline.emulator.ratelimit import TokenBucket
+from ai_pipeline.dev.emulator.app import parse_prefer_wait
+from ai_pipeline.dev.emulator.artifacts import generate_tokens, render_png
+from ai_pipeline.dev.emulator.config import ConfigError, EmulatorConfig, merge_config
+from ai_pipeline.dev.emulator.models import IMAGE_MODEL_VERSION, find_version
+from ai_pipeline.dev.emulator.predictions import new_prediction_id
+from ai_pipeline.dev.emulator.ratelimit import TokenBucket
 
 
 def test_token_bucket_allows_a_burst_then_refills_at_its_rate() -> None:

@@ -9,8 +9,8 @@ import httpx
 import replicate
 from click.testing import CliRunner
 
-from ai_pipeline.emulator import IMAGE_MODEL, IMAGE_MODEL_VERSION, emulator_process
-from ai_pipeline.emulator.cli import config_from_options, emulate
+from ai_pipeline.dev.emulator import IMAGE_MODEL, IMAGE_MODEL_VERSION, emulator_process
+from ai_pipeline.dev.emulator.cli import config_from_options, emulate
 
 
 def test_flags_override_the_profile_which_overrides_defaults(tmp_path: Path) -> None:

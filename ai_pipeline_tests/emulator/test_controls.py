@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import replicate
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION, IMAGES_MODEL, model_versions
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, IMAGES_MODEL, model_versions
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 
 def test_stats_count_creates_per_distinct_input(emu: InProcessEmulator, client: replicate.Client) -> None:

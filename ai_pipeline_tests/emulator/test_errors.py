@@ -6,8 +6,8 @@ import httpx
 import pytest
 import replicate
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION, IMAGES_MODEL
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, IMAGES_MODEL
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 from .conftest import TOKEN
 

@@ -7,8 +7,8 @@ import time
 import httpx
 import replicate
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 
 def test_output_input_and_files_are_removed_after_the_ttl(

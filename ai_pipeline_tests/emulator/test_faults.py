@@ -8,9 +8,9 @@ import httpx
 import pytest
 import replicate
 
-from ai_pipeline.emulator import IMAGE_MODEL, IMAGE_MODEL_VERSION
-from ai_pipeline.emulator.faults import COLD_TIMEOUT_ERROR, NSFW_ERROR, OOM_ERROR
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL, IMAGE_MODEL_VERSION
+from ai_pipeline.dev.emulator.faults import COLD_TIMEOUT_ERROR, NSFW_ERROR, OOM_ERROR
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 IMAGE = f"{IMAGE_MODEL}:{IMAGE_MODEL_VERSION}"
 

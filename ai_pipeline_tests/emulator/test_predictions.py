@@ -11,7 +11,7 @@ import pytest
 import replicate
 from PIL import Image
 
-from ai_pipeline.emulator import (
+from ai_pipeline.dev.emulator import (
     CAPTION_MODEL_VERSION,
     IMAGE_DEPLOYMENT,
     IMAGE_MODEL,
@@ -20,7 +20,7 @@ from ai_pipeline.emulator import (
     TEXT_MODEL,
     TEXT_MODEL_VERSION,
 )
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 from .conftest import TOKEN
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import replicate
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 
 def test_create_over_the_limit_is_429_and_not_retried_by_the_client(

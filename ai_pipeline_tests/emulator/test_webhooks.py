@@ -8,8 +8,8 @@ import pytest
 import replicate
 from replicate.webhook import InvalidSignatureError
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION, TEXT_MODEL_VERSION
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, TEXT_MODEL_VERSION
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 
 from .conftest import WebhookReceiver
 

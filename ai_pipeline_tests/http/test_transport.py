@@ -13,7 +13,7 @@ import aiohttp
 import httpx
 import pytest
 
-from ai_pipeline.emulator.server import run_emulator
+from ai_pipeline.dev.emulator.server import run_emulator
 from ai_pipeline.http_transport import pooled_async_transport, transport_error
 from ai_pipeline.replicate.errors import classify_failure
 from ai_pipeline.replicate.predictions import close_client, make_client

@@ -11,8 +11,8 @@ import pytest
 import replicate
 
 from ai_pipeline.catalogue import ModelSpec
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION, run_emulator
-from ai_pipeline.emulator.server import InProcessEmulator
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, run_emulator
+from ai_pipeline.dev.emulator.server import InProcessEmulator
 from ai_pipeline.replicate.reconcile import (
     ListingIncomplete,
     Lookup,

@@ -24,8 +24,8 @@ from dagster import (
 from sqlalchemy import Engine
 
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
-from ai_pipeline.demo import CATALOGUE
-from ai_pipeline.emulator.server import InProcessEmulator, run_emulator
+from ai_pipeline.dev.demo import CATALOGUE
+from ai_pipeline.dev.emulator.server import InProcessEmulator, run_emulator
 from ai_pipeline.orchestration.assets import batch_generations
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
 from ai_pipeline.orchestration.resources import (

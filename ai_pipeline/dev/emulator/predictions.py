@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ai_pipeline.emulator.faults import ModelFailure
-from ai_pipeline.emulator.models import BuiltinModel
+from ai_pipeline.dev.emulator.faults import ModelFailure
+from ai_pipeline.dev.emulator.models import BuiltinModel
 
 STARTING = "starting"
 PROCESSING = "processing"

@@ -1,4 +1,4 @@
-"""`python -m ai_pipeline.chaos --requests N [--seed S] [--kill-interval MIN:MAX] [--no-write]`."""
+"""`python -m ai_pipeline.dev.chaos --requests N [--seed S] [--kill-interval MIN:MAX] [--no-write]`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from ai_pipeline.chaos.scenario import ChaosScenario
-from ai_pipeline.chaos.suite import record_results, run_chaos
+from ai_pipeline.dev.chaos.scenario import ChaosScenario
+from ai_pipeline.dev.chaos.suite import record_results, run_chaos
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parents[3] / "bench" / "RESULTS.md"
 
 
 def _interval(raw: str) -> tuple[float, float] | None:
@@ -22,7 +22,7 @@ def _interval(raw: str) -> tuple[float, float] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ai_pipeline.chaos",
+        prog="python -m ai_pipeline.dev.chaos",
         description="The pipeline under faults, SIGKILLed run workers and dropped connections; then every "
         "invariant is checked. Exits 1 if one fails.",
     )
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     result = run_chaos(scenario, keep=args.keep)
     if not args.no_write:
         record_results(
-            result, RESULTS, "python -m ai_pipeline.chaos " + " ".join(sys.argv[1:] if argv is None else argv)
+            result,
+            RESULTS,
+            "python -m ai_pipeline.dev.chaos " + " ".join(sys.argv[1:] if argv is None else argv),
         )
     return 0 if result.ok else 1
 

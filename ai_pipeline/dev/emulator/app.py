@@ -18,17 +18,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ai_pipeline.emulator.artifacts import content_type_for
-from ai_pipeline.emulator.config import ConfigError, EmulatorConfig
-from ai_pipeline.emulator.gateway import Gateway, install_log_filter
-from ai_pipeline.emulator.models import (
+from ai_pipeline.dev.emulator.artifacts import content_type_for
+from ai_pipeline.dev.emulator.config import ConfigError, EmulatorConfig
+from ai_pipeline.dev.emulator.gateway import Gateway, install_log_filter
+from ai_pipeline.dev.emulator.models import (
     BUILTIN_DEPLOYMENTS,
     BUILTIN_MODELS,
     BuiltinModel,
     find_version,
     model_versions,
 )
-from ai_pipeline.emulator.predictions import (
+from ai_pipeline.dev.emulator.predictions import (
     CANCELED,
     DEFAULT_WEBHOOK_EVENTS,
     FAILED,
@@ -36,13 +36,13 @@ from ai_pipeline.emulator.predictions import (
     WEBHOOK_EVENTS,
     InvalidCursor,
 )
-from ai_pipeline.emulator.problems import (
+from ai_pipeline.dev.emulator.problems import (
     INVALID_VERSION,
     NOT_FOUND,
     ProblemError,
     input_validation_failed,
 )
-from ai_pipeline.emulator.service import EmulatorService
+from ai_pipeline.dev.emulator.service import EmulatorService
 
 STREAM_POLL_SECONDS = 0.05
 

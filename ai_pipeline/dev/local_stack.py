@@ -33,7 +33,7 @@ from ai_pipeline.db.engine import engine_for_url, resolve_database_url
 from ai_pipeline.db.migrate import upgrade_database
 from ai_pipeline.settings import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_TOKEN = "r8_local_emulator_token"
 LOCAL_BUCKET = "ai-pipeline-local"
 
@@ -106,7 +106,7 @@ def local_stack(
     """
     from moto.server import ThreadedMotoServer
 
-    from ai_pipeline.emulator.server import emulator_process, run_emulator
+    from ai_pipeline.dev.emulator.server import emulator_process, run_emulator
     from ai_pipeline.storage.client import create_s3_client
 
     settings = settings or Settings.from_env()
@@ -166,7 +166,7 @@ def code_server_workspace(home: Path, port: int) -> Path:
     module, which makes the daemon start a code server of its own)."""
     path = home / "workspace.yaml"
     path.write_text(
-        "# Written by ai_pipeline.local_stack: the code server it started.\n"
+        "# Written by ai_pipeline.dev.local_stack: the code server it started.\n"
         "load_from:\n"
         "  - grpc_server:\n"
         "      host: 127.0.0.1\n"

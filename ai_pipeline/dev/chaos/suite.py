@@ -22,15 +22,15 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
-from ai_pipeline.chaos.agents import BackendTerminator, EmulatorWindow, RequestCanceler, WorkerKiller
-from ai_pipeline.chaos.figures import ChaosFigures, count_outcomes, duplicate_predictions, failed_calls
-from ai_pipeline.chaos.scenario import EMULATOR_LIMITS, MODELS, NO_FAULTS, STORM_LIMITS, ChaosScenario
 from ai_pipeline.credits import grant
 from ai_pipeline.db.engine import resolve_database_url
-from ai_pipeline.demo import CATALOGUE
+from ai_pipeline.dev.chaos.agents import BackendTerminator, EmulatorWindow, RequestCanceler, WorkerKiller
+from ai_pipeline.dev.chaos.figures import ChaosFigures, count_outcomes, duplicate_predictions, failed_calls
+from ai_pipeline.dev.chaos.scenario import EMULATOR_LIMITS, MODELS, NO_FAULTS, STORM_LIMITS, ChaosScenario
+from ai_pipeline.dev.demo import CATALOGUE
+from ai_pipeline.dev.local_stack import LocalStack, dagster_processes, local_stack
 from ai_pipeline.invariants import InvariantReport, check_invariants
 from ai_pipeline.loading import load_file
-from ai_pipeline.local_stack import LocalStack, dagster_processes, local_stack
 from ai_pipeline.settings import Settings, temporary_environment
 from ai_pipeline.storage.client import create_s3_client
 

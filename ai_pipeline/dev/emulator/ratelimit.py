@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ai_pipeline.emulator.config import EmulatorConfig
+from ai_pipeline.dev.emulator.config import EmulatorConfig
 
 
 @dataclass(frozen=True)

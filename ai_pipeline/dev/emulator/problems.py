@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ai_pipeline.emulator.models import InputIssue
+from ai_pipeline.dev.emulator.models import InputIssue
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 

@@ -21,9 +21,9 @@ from sqlalchemy import text
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
 from ai_pipeline.credits import grant
 from ai_pipeline.db.engine import engine_for_url
+from ai_pipeline.dev.local_stack import LocalStack, dagster_processes, local_stack
 from ai_pipeline.invariants import check_invariants
 from ai_pipeline.loading import load_file
-from ai_pipeline.local_stack import LocalStack, dagster_processes, local_stack
 from ai_pipeline.reporting import batch_summaries, format_summaries
 from ai_pipeline.settings import Settings
 from ai_pipeline.storage.client import create_s3_client

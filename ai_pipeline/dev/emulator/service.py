@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from typing import Any
 
-from ai_pipeline.emulator.config import EmulatorConfig, merge_config
-from ai_pipeline.emulator.faults import FaultInjector
-from ai_pipeline.emulator.models import BuiltinModel
-from ai_pipeline.emulator.predictions import (
+from ai_pipeline.dev.emulator.config import EmulatorConfig, merge_config
+from ai_pipeline.dev.emulator.faults import FaultInjector
+from ai_pipeline.dev.emulator.models import BuiltinModel
+from ai_pipeline.dev.emulator.predictions import (
     DEFAULT_WEBHOOK_EVENTS,
     STATUSES,
     SUCCEEDED,
@@ -24,9 +24,9 @@ from ai_pipeline.emulator.predictions import (
     PredictionStore,
     new_prediction_id,
 )
-from ai_pipeline.emulator.ratelimit import RateLimiter
-from ai_pipeline.emulator.stats import Stats
-from ai_pipeline.emulator.webhooks import WebhookDispatcher, generate_secret
+from ai_pipeline.dev.emulator.ratelimit import RateLimiter
+from ai_pipeline.dev.emulator.stats import Stats
+from ai_pipeline.dev.emulator.webhooks import WebhookDispatcher, generate_secret
 
 _RATE_LIMIT_KNOBS = ("create_rate_per_minute", "create_burst", "other_rate_per_minute", "other_burst")
 

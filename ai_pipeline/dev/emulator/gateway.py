@@ -16,16 +16,16 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ai_pipeline.emulator.config import API_KINDS
-from ai_pipeline.emulator.faults import DROP, SLOW
-from ai_pipeline.emulator.problems import (
+from ai_pipeline.dev.emulator.config import API_KINDS
+from ai_pipeline.dev.emulator.faults import DROP, SLOW
+from ai_pipeline.dev.emulator.problems import (
     PROBLEM_CONTENT_TYPE,
     UNAUTHENTICATED,
     injected_error,
     problem_body,
     throttled_body,
 )
-from ai_pipeline.emulator.service import EmulatorService
+from ai_pipeline.dev.emulator.service import EmulatorService
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

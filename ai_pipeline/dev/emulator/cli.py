@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from ai_pipeline.emulator.config import CONFIG_FIELDS, ConfigError, EmulatorConfig, load_profile
-from ai_pipeline.emulator.server import serve
+from ai_pipeline.dev.emulator.config import CONFIG_FIELDS, ConfigError, EmulatorConfig, load_profile
+from ai_pipeline.dev.emulator.server import serve
 
 
 def _flag_name(field: dataclasses.Field[Any]) -> str | None:
@@ -153,5 +153,5 @@ def emulate(
 
 
 def main() -> None:
-    """Entry point of ``python -m ai_pipeline.emulator``."""
+    """Entry point of ``python -m ai_pipeline.dev.emulator``."""
     emulate()

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from ai_pipeline.emulator.config import EmulatorConfig
+from ai_pipeline.dev.emulator.config import EmulatorConfig
 
 DROP: Literal["drop"] = "drop"
 SLOW: Literal["slow"] = "slow"

@@ -6,7 +6,7 @@ and for benchmarks, or to rehearse a batch without spending money.
 
 Start it
 --------
-- ``ai-pipeline emulate --port 8787`` (or ``python -m ai_pipeline.emulator``); then
+- ``ai-pipeline emulate --port 8787`` (or ``python -m ai_pipeline.dev.emulator``); then
   ``REPLICATE_BASE_URL=http://127.0.0.1:8787 REPLICATE_API_TOKEN=anything``. ``--help`` lists every knob.
 - In tests: ``with run_emulator(predict_seconds=0.1, seed=1) as emu:`` then
   ``replicate.Client("any-token", base_url=emu.base_url)`` (background thread, ``port=0`` = a free
@@ -76,8 +76,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ai_pipeline.emulator.config import EmulatorConfig
-from ai_pipeline.emulator.models import (
+from ai_pipeline.dev.emulator.config import EmulatorConfig
+from ai_pipeline.dev.emulator.models import (
     BUILTIN_DEPLOYMENTS,
     BUILTIN_MODELS,
     CAPTION_MODEL,
@@ -93,17 +93,17 @@ from ai_pipeline.emulator.models import (
 )
 
 if TYPE_CHECKING:
-    from ai_pipeline.emulator.app import create_app
-    from ai_pipeline.emulator.server import emulator_process, run_emulator
-    from ai_pipeline.emulator.service import EmulatorService
+    from ai_pipeline.dev.emulator.app import create_app
+    from ai_pipeline.dev.emulator.server import emulator_process, run_emulator
+    from ai_pipeline.dev.emulator.service import EmulatorService
 
 # The server side (Starlette, uvicorn) loads only when asked for, so the pipeline's catalogue can read
 # the model registry without importing a web server.
 _LAZY = {
-    "create_app": "ai_pipeline.emulator.app",
-    "run_emulator": "ai_pipeline.emulator.server",
-    "emulator_process": "ai_pipeline.emulator.server",
-    "EmulatorService": "ai_pipeline.emulator.service",
+    "create_app": "ai_pipeline.dev.emulator.app",
+    "run_emulator": "ai_pipeline.dev.emulator.server",
+    "emulator_process": "ai_pipeline.dev.emulator.server",
+    "EmulatorService": "ai_pipeline.dev.emulator.service",
 }
 
 

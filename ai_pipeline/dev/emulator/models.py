@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ai_pipeline.emulator.artifacts import caption_for, derived_seed, generate_tokens, render_png
+from ai_pipeline.dev.emulator.artifacts import caption_for, derived_seed, generate_tokens, render_png
 
 IMAGE_MODEL = "emulator/image"
 IMAGE_MODEL_VERSION = "e4f0e6dcdee7fb9512a589c55dc13d2fbb4c4af066e8523c638ca9ef7f7fef07"

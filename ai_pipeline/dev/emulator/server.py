@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from ai_pipeline.emulator.app import create_app
-from ai_pipeline.emulator.config import EmulatorConfig
-from ai_pipeline.emulator.service import EmulatorService
+from ai_pipeline.dev.emulator.app import create_app
+from ai_pipeline.dev.emulator.config import EmulatorConfig
+from ai_pipeline.dev.emulator.service import EmulatorService
 
 READY_LINE = "ai_pipeline emulator ready at {url}"
 _READY_PATTERN = re.compile(r"ai_pipeline emulator ready at (\S+)")
@@ -162,7 +162,7 @@ def run_emulator(
 
 @dataclass
 class EmulatorProcess(EmulatorHandle):
-    """An emulator running as a child process (``python -m ai_pipeline.emulator``)."""
+    """An emulator running as a child process (``python -m ai_pipeline.dev.emulator``)."""
 
     process: subprocess.Popen[str] | None = None
 
@@ -184,7 +184,7 @@ def emulator_process(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as profile:
         json.dump(config, profile)
     command = [
-        sys.executable, "-m", "ai_pipeline.emulator",
+        sys.executable, "-m", "ai_pipeline.dev.emulator",
         "--host", host, "--port", str(port), "--profile", profile.name, "--log-level", log_level,
         *(extra_args or []),
     ]  # fmt: skip

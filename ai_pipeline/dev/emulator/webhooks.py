@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ai_pipeline.emulator.predictions import PROCESSING, Prediction
+from ai_pipeline.dev.emulator.predictions import PROCESSING, Prediction
 
 if TYPE_CHECKING:
-    from ai_pipeline.emulator.service import EmulatorService
+    from ai_pipeline.dev.emulator.service import EmulatorService
 
 UPDATE_INTERVAL_SECONDS = 0.5
 _ID_ALPHABET = string.ascii_letters + string.digits
