@@ -18,6 +18,7 @@ from ai_pipeline.db.migrate import upgrade_database
 from ai_pipeline.db.requests import cancel_requests
 from ai_pipeline.db.urls import DatabaseUrlError
 from ai_pipeline.reporting import batch_summaries, format_summaries
+from ai_pipeline.settings import Settings
 
 # Mistakes a user can make: reported in one line with exit code 1, never as a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -82,7 +83,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema to the newest revision."""
-    revision = upgrade_database(get_engine())
+    revision = upgrade_database(get_engine(Settings.from_env()))
     click.echo(f"database at revision {revision}")
 
 
@@ -101,7 +102,7 @@ def credits_grant(
     user: str, amount: int, credit_type: str, idempotency_key: str | None, note: str | None
 ) -> None:
     """Give USER AMOUNT credits."""
-    with get_engine().begin() as conn:
+    with get_engine(Settings.from_env()).begin() as conn:
         entry = grant(conn, user, amount, credit_type, idempotency_key=idempotency_key, note=note)
         current = balance(conn, user, credit_type)
     click.echo(f"granted {entry.delta} {credit_type} to {user} (ledger entry {entry.id}); balance {current}")
@@ -112,7 +113,7 @@ def credits_grant(
 @click.option("--type", "credit_type", default=DEFAULT_CREDIT_TYPE, show_default=True)
 def credits_balance(user: str, credit_type: str) -> None:
     """Show USER's balance."""
-    with get_engine().connect() as conn:
+    with get_engine(Settings.from_env()).connect() as conn:
         click.echo(f"{user} {credit_type} {balance(conn, user, credit_type)}")
 
 
@@ -126,7 +127,7 @@ def models() -> None:
 def models_load(file: Path) -> None:
     """Insert or update catalogue entries from a YAML FILE."""
     specs = read_catalogue_file(file)
-    with get_engine().begin() as conn:
+    with get_engine(Settings.from_env()).begin() as conn:
         upsert_models(conn, specs)
     click.echo(f"catalogue: {len(specs)} model(s) written from {file}")
 
@@ -135,7 +136,7 @@ def models_load(file: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models_list(as_json: bool) -> None:
     """List the catalogue."""
-    with get_engine().connect() as conn:
+    with get_engine(Settings.from_env()).connect() as conn:
         catalogue = load_catalogue(conn, enabled_only=False)
     if as_json:
         click.echo(json.dumps([vars(spec) for spec in catalogue.values()], indent=2))
@@ -150,7 +151,7 @@ def models_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(batch_id: str | None, as_json: bool) -> None:
     """Show per-batch counts per status, credits, Replicate time and latency."""
-    with get_engine().connect() as conn:
+    with get_engine(Settings.from_env()).connect() as conn:
         summaries = batch_summaries(conn, batch_id)
     if batch_id and not summaries:
         raise click.ClickException(f"no batch named {batch_id!r}")
@@ -169,7 +170,7 @@ def cancel(batch_id: str | None, request_id: int | None) -> None:
     """Cancel a batch or one request: pending work ends uncharged, work in flight is stopped and refunded."""
     if (batch_id is None) == (request_id is None):
         raise click.UsageError("name exactly one of --batch NAME and --request ID")
-    with get_engine().begin() as conn:
+    with get_engine(Settings.from_env()).begin() as conn:
         summary = cancel_requests(conn, batch_id=batch_id, request_id=request_id)
     what = f"batch {batch_id!r}" if batch_id is not None else f"request {request_id}"
     if not summary.matched:

@@ -1,128 +1,204 @@
-"""Configuration from the environment, in one place.
+"""The pipeline's configuration: every knob it reads from the environment, declared once.
 
-Every knob the pipeline reads lives here, with its environment variable and default. A `.env` file in
-the working directory is read first (real environment variables win over it).
+`Settings.from_env()` reads the environment (after a `.env` file in the working directory, whose values
+never override real environment variables) and refuses a bad value with one line naming the variable.
+The CLI, the Dagster definitions (resources and sensors) and the runner all take the same `Settings`
+object; the README's configuration table is generated from it (`python -m ai_pipeline.settings`), and a
+test keeps the two the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 from dotenv import load_dotenv
-
-load_dotenv(override=False)
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REPLICATE_BASE_URL = "https://api.replicate.com"
 DEFAULT_OUTPUT_HOSTS = ("replicate.delivery", "*.replicate.delivery")
+ENV_FILE = ".env"
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+class SettingsError(ValueError):
+    """A setting has a value the pipeline cannot run with; the message names the variable."""
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+class Settings(BaseSettings):
+    """What the pipeline reads from the environment. Build it with `Settings.from_env()` (or directly,
+    with keyword arguments, in tests)."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="AI_PIPELINE_",
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        validate_default=True,
+    )
 
-def _env_float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    home: Path = Field(
+        default=Path(".ai_pipeline"),
+        description="Local state: the embedded Postgres, Dagster's home for `demo`/`dev`, demo files",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Postgres holding requests and credits (a bare `postgresql://`"
+        " is accepted and pinned to psycopg2)",
+        json_schema_extra={"default_text": "an embedded Postgres (PyPI `pgserver`) under the home folder"},
+    )
+    replicate_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias="REPLICATE_API_TOKEN",
+        description="Replicate token",
+        json_schema_extra={"default_text": "required (the local emulator accepts any)"},
+    )
+    replicate_base_url: str = Field(
+        default=DEFAULT_REPLICATE_BASE_URL,
+        validation_alias="REPLICATE_BASE_URL",
+        description="Replicate API root (the official client reads it too)",
+    )
+    s3_bucket: str = Field(default="ai-pipeline-outputs", description="Bucket for outputs and manifests")
+    s3_prefix: str = Field(default="ai-pipeline", description="Key prefix for outputs and manifests")
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias="AWS_ENDPOINT_URL",
+        description="S3-compatible endpoint (MinIO, R2, a local one); boto3 reads it too",
+        json_schema_extra={"default_text": "AWS S3"},
+    )
+    aws_region: str = Field(
+        default="us-east-1", validation_alias="AWS_DEFAULT_REGION", description="Region of the bucket"
+    )
+    output_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_OUTPUT_HOSTS,
+        description="Comma-separated hosts outputs may be downloaded from (`host`, `*.suffix`, `host:port`)",
+    )
+    output_max_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=1,
+        description="Size cap per output download, in bytes",
+        json_schema_extra={"default_text": "`52428800` (50 MiB)"},
+    )
+    output_timeout_seconds: float = Field(default=60.0, gt=0, description="Deadline per output download")
+    max_in_flight: int = Field(
+        default=50,
+        ge=1,
+        description="Predictions one run keeps in flight (a model's `max_in_flight` caps it per model)",
+    )
+    claim_chunk: int = Field(default=100, ge=1, description="Requests a run claims at a time")
+    lease_seconds: int = Field(
+        default=300, ge=1, description="Lease on a claimed request, renewed while a run works on it"
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="Claims of one request before it fails (and is refunded)"
+    )
+    creates_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description="Replicate's create limit, shared by all runs through a Postgres token bucket",
+    )
+    sync_wait_seconds: int = Field(
+        default=60, ge=1, le=60, description="`Prefer: wait=N` on creates: how long Replicate may hold one"
+    )
+    sensor_interval_seconds: int = Field(
+        default=5, ge=1, description="How often the sensor looks for batches with due work"
+    )
+    runs_per_batch: int = Field(default=1, ge=1, description="Runs a big batch may be spread over at once")
+    sweep_interval_seconds: int = Field(
+        default=15, ge=1, description="How often the sweeper settles expired leases, cancels and retries"
+    )
+    retry_backoff_seconds: float = Field(
+        default=60.0, ge=0, description="How long a retryable failure waits before its one automatic retry"
+    )
 
+    @field_validator("output_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
-def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = _env(name)
-    if raw is None:
-        return default
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+    @field_validator("s3_prefix")
+    @classmethod
+    def _no_outer_slashes(cls, value: str) -> str:
+        return value.strip("/")
 
-
-@dataclass(frozen=True)
-class Settings:
-    """The pipeline's configuration. Build it with `Settings.from_env()`."""
-
-    # Where local state lives: the embedded Postgres, Dagster's home, demo outputs.
-    home: Path = field(default_factory=lambda: Path(".ai_pipeline").resolve())
-    # SQLAlchemy URL; None means "start or reuse the embedded Postgres under `home`".
-    database_url: str | None = None
-
-    replicate_api_token: str | None = None
-    replicate_base_url: str = DEFAULT_REPLICATE_BASE_URL
-
-    s3_bucket: str | None = None
-    s3_prefix: str = "ai-pipeline"
-    aws_endpoint_url: str | None = None
-    aws_region: str = "us-east-1"
-
-    # Hosts output files may be fetched from (exact names or "*.suffix").
-    output_hosts: tuple[str, ...] = DEFAULT_OUTPUT_HOSTS
-    output_max_bytes: int = 50 * 1024 * 1024
-    output_timeout_seconds: float = 60.0
-
-    # How a run works through a batch.
-    max_in_flight: int = 50
-    claim_chunk: int = 100
-    lease_seconds: int = 300
-    max_attempts: int = 5
-    # Replicate's create limit, shared by every run through a Postgres token bucket.
-    creates_per_minute: int = 600
-    # How long one create may hold the connection waiting for the result (Prefer: wait=N, 1-60).
-    sync_wait_seconds: int = 60
-
-    sensor_interval_seconds: int = 5
-    runs_per_batch: int = 1
-    # The sweeper: how often it runs, and how long a retryable failure waits before its one retry.
-    sweep_interval_seconds: int = 15
-    retry_backoff_seconds: float = 60.0
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read the configuration from the environment (and `.env`)."""
-        home = Path(_env("AI_PIPELINE_HOME", ".ai_pipeline") or ".ai_pipeline").resolve()
-        return cls(
-            home=home,
-            database_url=_env("AI_PIPELINE_DATABASE_URL"),
-            replicate_api_token=_env("REPLICATE_API_TOKEN"),
-            replicate_base_url=_env("REPLICATE_BASE_URL", DEFAULT_REPLICATE_BASE_URL) or "",
-            s3_bucket=_env("AI_PIPELINE_S3_BUCKET"),
-            s3_prefix=(_env("AI_PIPELINE_S3_PREFIX", "ai-pipeline") or "").strip("/"),
-            aws_endpoint_url=_env("AWS_ENDPOINT_URL"),
-            aws_region=_env("AWS_DEFAULT_REGION", "us-east-1") or "us-east-1",
-            output_hosts=_env_list("AI_PIPELINE_OUTPUT_HOSTS", DEFAULT_OUTPUT_HOSTS),
-            output_max_bytes=_env_int("AI_PIPELINE_OUTPUT_MAX_BYTES", 50 * 1024 * 1024),
-            output_timeout_seconds=_env_float("AI_PIPELINE_OUTPUT_TIMEOUT_SECONDS", 60.0),
-            max_in_flight=_env_int("AI_PIPELINE_MAX_IN_FLIGHT", 50),
-            claim_chunk=_env_int("AI_PIPELINE_CLAIM_CHUNK", 100),
-            lease_seconds=_env_int("AI_PIPELINE_LEASE_SECONDS", 300),
-            max_attempts=_env_int("AI_PIPELINE_MAX_ATTEMPTS", 5),
-            creates_per_minute=_env_int("AI_PIPELINE_CREATES_PER_MINUTE", 600),
-            sync_wait_seconds=min(60, max(1, _env_int("AI_PIPELINE_SYNC_WAIT_SECONDS", 60))),
-            sensor_interval_seconds=_env_int("AI_PIPELINE_SENSOR_INTERVAL_SECONDS", 5),
-            runs_per_batch=max(1, _env_int("AI_PIPELINE_RUNS_PER_BATCH", 1)),
-            sweep_interval_seconds=max(1, _env_int("AI_PIPELINE_SWEEP_INTERVAL_SECONDS", 15)),
-            retry_backoff_seconds=_env_float("AI_PIPELINE_RETRY_BACKOFF_SECONDS", 60.0),
-        )
+        """Read the configuration from the environment and `./.env`; `SettingsError` names each bad value."""
+        read_env_file()
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc)) from None
+
+    @property
+    def token(self) -> str | None:
+        """The Replicate token, for the client (it is masked everywhere else)."""
+        return self.replicate_api_token.get_secret_value() if self.replicate_api_token else None
+
+
+def read_env_file(path: Path | None = None) -> None:
+    """Put the values of `./.env` (only there: never a file found in a parent folder) into the
+    environment, so that every library and child process sees them; real variables win."""
+    load_dotenv(path or Path.cwd() / ENV_FILE, override=False)
+
+
+def env_name(name: str, field: FieldInfo) -> str:
+    """The environment variable a field is read from."""
+    alias = field.validation_alias
+    return alias if isinstance(alias, str) else f"{Settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad value: `VARIABLE='value': what is wrong`."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        field = Settings.model_fields.get(name)
+        variable = env_name(name, field) if field is not None else name
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or field is None or _is_secret(field) else f"={value!r}"
+        lines.append(f"{variable}{shown}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return "SecretStr" in repr(field.annotation)
+
+
+def configuration_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| variable | meaning | default |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        default = extra.get("default_text")
+        if default is None:
+            value = field.default
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            default = f"`{value}`"
+        rows.append(f"| `{env_name(name, field)}` | {field.description} | {default} |")
+    return "\n".join(rows)
 
 
 @contextlib.contextmanager
 def temporary_environment(values: Mapping[str, str]) -> Iterator[None]:
     """Set environment variables for the block, restoring what was there before (Dagster instances and
-    sensors in this process read the environment)."""
+    child processes started in the block read the environment)."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -133,3 +209,7 @@ def temporary_environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(configuration_table() + "\n")

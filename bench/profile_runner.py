@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ai_pipeline.db.engine import engine_for_url
 from ai_pipeline.dev.local_stack import LOCAL_BUCKET, free_port, local_stack
 from ai_pipeline.loading import load_file
-from ai_pipeline.orchestration.resources import build_resources
 from ai_pipeline.processing import BatchRunner
 from ai_pipeline.replicate.predictions import make_client
 from ai_pipeline.settings import Settings
@@ -154,18 +153,17 @@ def main() -> None:
                 write_requests(path, args.requests, batch)
                 load_file(engine, path, batch, progress=False)
             settings = Settings.from_env()
-            pipeline_settings = build_resources(settings)["pipeline_settings"]
             runner = BatchRunner(
                 engine,
                 make_client(
-                    settings.replicate_api_token,
+                    settings.token,
                     settings.replicate_base_url,
                     max_connections=settings.max_in_flight + 10,  # as the asset does
                 ),
                 create_s3_client(
                     endpoint_url=s3_url, aws_access_key_id="local", aws_secret_access_key="local"
                 ),
-                pipeline_settings.runner_config(),  # type: ignore[attr-defined]
+                settings,
                 owner=f"profile-{uuid.uuid4().hex[:6]}",
             )
             profiler = cProfile.Profile(time.thread_time) if args.profile else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from sqlalchemy import Engine, create_engine
@@ -43,6 +44,22 @@ def engine_for_url(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> En
         return engine
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
+class Database:
+    """The configured Postgres, found (or started, when embedded) on first use, not when made: the Dagster
+    code location makes one at import, and only what touches the database should wait for it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    @functools.cached_property
+    def url(self) -> str:
+        return resolve_database_url(self._settings)
+
+    def engine(self, *, pre_ping: bool = True) -> Engine:
+        """The shared engine; see `engine_for_url` for when `pre_ping=False` is safe."""
+        return engine_for_url(self.url, pre_ping=pre_ping)
+
+
+def get_engine(settings: Settings) -> Engine:
     """The engine for the configured database."""
-    return engine_for_url(resolve_database_url(settings or Settings.from_env()))
+    return Database(settings).engine()

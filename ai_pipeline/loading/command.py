@@ -39,9 +39,12 @@ def load_command(file: Path, batch: str, rejects_path: Path | None, no_progress:
     same file into the same batch again inserts nothing twice.
     """
     from ai_pipeline.db.engine import get_engine  # imported here so `--help` needs no database
+    from ai_pipeline.settings import Settings
 
     try:
-        summary = load_file(get_engine(), file, batch, rejects_path=rejects_path, progress=not no_progress)
+        summary = load_file(
+            get_engine(Settings.from_env()), file, batch, rejects_path=rejects_path, progress=not no_progress
+        )
     except LoadError as exc:
         raise click.ClickException(str(exc)) from exc
     except OperationalError as exc:

@@ -78,6 +78,8 @@ DEFAULT_PRELOAD_MODULES = (
     "pyarrow",
     "pyarrow.parquet",
     "pydantic",
+    "pydantic_settings",
+    "dotenv",
     "replicate",
     "sqlalchemy",
     "uvloop",

@@ -1,15 +1,14 @@
 """Sensors: launch a run per batch with due work; give back what failed or canceled runs held; sweep.
 
-The sensors read their configuration from the environment (as the CLI does: `AI_PIPELINE_DATABASE_URL`,
-`REPLICATE_API_TOKEN`, ...) rather than from Dagster resources. Building a sensor's resources makes
-Dagster construct a fresh Postgres-backed instance on every tick, about 150 ms of CPU measured on
-these machines, which every few seconds was most of an idle pipeline's CPU. An idle tick now costs one
-small indexed query; the instance is touched only when there is work to launch, and then it is built
-once per code server process, not once per tick (see `_instance`).
+`build_sensors(settings)` makes them from the code location's `Settings`; they use no Dagster
+resources. Building a sensor's resources makes Dagster construct a fresh Postgres-backed instance on
+every tick, about 150 ms of CPU measured on these machines, which every few seconds was most of an idle
+pipeline's CPU. An idle tick now costs one small indexed query; the instance is touched only when there
+is work to launch, and then it is built once per code server process, not once per tick (see
+`_instance`).
 """
 
 import json
-import os
 import threading
 from datetime import UTC, datetime
 
@@ -21,6 +20,7 @@ from dagster import (
     RunRequest,
     RunsFilter,
     RunStatusSensorContext,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -31,7 +31,7 @@ from dagster import (
 from sqlalchemy import Connection
 
 from ai_pipeline.db import requests as transitions
-from ai_pipeline.db.engine import get_engine
+from ai_pipeline.db.engine import Database
 from ai_pipeline.orchestration.assets import LAUNCHED_BY_TAG
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
 from ai_pipeline.orchestration.partitions import BATCHES, batch_partitions
@@ -87,43 +87,90 @@ def _active_runs_per_batch(context: SensorEvaluationContext) -> dict[str, int]:
     return active
 
 
-def _runs_per_batch() -> int:
-    return Settings.from_env().runs_per_batch
+def build_sensors(settings: Settings) -> list[SensorDefinition]:
+    """The code location's sensors, configured by `settings`."""
+    database = Database(settings)
 
-
-@sensor(
-    job=process_batch_job,
-    minimum_interval_seconds=int(os.environ.get("AI_PIPELINE_SENSOR_INTERVAL_SECONDS", "5")),
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Finds batches with due pending requests and launches a run per batch partition.",
-)
-def batch_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-    refused, rolled, due = run_in_transaction(get_engine(), _prepare_due_batches)
-    if refused or rolled:
-        context.log.info(f"refused {refused} bad batch name(s); {rolled} request(s) put in the live batch")
-    if not due:
-        return SkipReason("no batch has due work")
-
-    known = set(json.loads(context.cursor)) if context.cursor else set()
-    if not known.issuperset(due):
-        known = set(_instance(context).get_dynamic_partitions(BATCHES))
-    new_partitions = [batch for batch in due if batch not in known]
-
-    active = _active_runs_per_batch(context)
-    runs_wanted = _runs_per_batch()
-    run_requests = []
-    for batch in due:
-        for _ in range(runs_wanted - active.get(batch, 0)):
-            run_requests.append(RunRequest(partition_key=batch, tags={LAUNCHED_BY_TAG: "sensor"}))
-        if len(run_requests) >= MAX_RUNS_PER_TICK:
-            break
-    return SensorResult(
-        run_requests=run_requests[:MAX_RUNS_PER_TICK],
-        dynamic_partitions_requests=(
-            [batch_partitions.build_add_request(new_partitions)] if new_partitions else []
-        ),
-        cursor=json.dumps(sorted(known | set(new_partitions))),
+    @sensor(
+        name="batch_sensor",
+        job=process_batch_job,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Finds batches with due pending requests and launches a run per batch partition.",
     )
+    def batch_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        refused, rolled, due = run_in_transaction(database.engine(), _prepare_due_batches)
+        if refused or rolled:
+            context.log.info(
+                f"refused {refused} bad batch name(s); {rolled} request(s) put in the live batch"
+            )
+        if not due:
+            return SkipReason("no batch has due work")
+
+        known = set(json.loads(context.cursor)) if context.cursor else set()
+        if not known.issuperset(due):
+            known = set(_instance(context).get_dynamic_partitions(BATCHES))
+        new_partitions = [batch for batch in due if batch not in known]
+
+        active = _active_runs_per_batch(context)
+        run_requests = []
+        for batch in due:
+            for _ in range(settings.runs_per_batch - active.get(batch, 0)):
+                run_requests.append(RunRequest(partition_key=batch, tags={LAUNCHED_BY_TAG: "sensor"}))
+            if len(run_requests) >= MAX_RUNS_PER_TICK:
+                break
+        return SensorResult(
+            run_requests=run_requests[:MAX_RUNS_PER_TICK],
+            dynamic_partitions_requests=(
+                [batch_partitions.build_add_request(new_partitions)] if new_partitions else []
+            ),
+            cursor=json.dumps(sorted(known | set(new_partitions))),
+        )
+
+    def release(context: RunStatusSensorContext, why: str) -> None:
+        run = context.dagster_run
+        released = run_in_transaction(database.engine(), transitions.release_run, run.run_id, why)
+        if released:
+            context.log.info(f"released {released} request(s) held by run {run.run_id}")
+
+    @run_failure_sensor(
+        name="release_after_run_failure",
+        monitored_jobs=[process_batch_job],
+        default_status=DefaultSensorStatus.RUNNING,
+        description="A failed run (also one whose worker was killed) gives back every request it held.",
+    )
+    def release_after_run_failure(context: RunFailureSensorContext) -> None:
+        release(context, "run failed; request released for retry")
+
+    @run_status_sensor(
+        name="release_after_run_cancel",
+        run_status=DagsterRunStatus.CANCELED,
+        monitored_jobs=[process_batch_job],
+        default_status=DefaultSensorStatus.RUNNING,
+        description="A canceled run gives back every request it held.",
+    )
+    def release_after_run_cancel(context: RunStatusSensorContext) -> None:
+        release(context, "run canceled; request released for retry")
+
+    cancel_at_replicate = replicate_canceler(settings.token, settings.replicate_base_url)
+    sweep_policy = SweepPolicy.from_settings(settings)
+
+    @sensor(
+        name="sweeper",
+        minimum_interval_seconds=settings.sweep_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Sweeper: releases expired leases (fails and refunds requests out of attempts), carries out"
+            " cancels at Replicate, retries retryable failures once after a backoff. Launches no runs."
+        ),
+    )
+    def sweeper(context: SensorEvaluationContext) -> SkipReason:
+        report = sweep(database.engine(), cancel_at_replicate, sweep_policy)
+        if report.changed:
+            context.log.info(report.summary())
+        return SkipReason(report.summary())
+
+    return [batch_sensor, release_after_run_failure, release_after_run_cancel, sweeper]
 
 
 def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str]]:
@@ -136,49 +183,3 @@ def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str]]:
     due = transitions.due_batches(conn)
     transitions.ensure_batches(conn, due)
     return refused, rolled, due
-
-
-def _release(context: RunStatusSensorContext, why: str) -> None:
-    run = context.dagster_run
-    released = run_in_transaction(get_engine(), transitions.release_run, run.run_id, why)
-    if released:
-        context.log.info(f"released {released} request(s) held by run {run.run_id}")
-
-
-@run_failure_sensor(
-    monitored_jobs=[process_batch_job],
-    default_status=DefaultSensorStatus.RUNNING,
-    description="A failed run (also one whose worker was killed) gives back every request it held.",
-)
-def release_after_run_failure(context: RunFailureSensorContext) -> None:
-    _release(context, "run failed; request released for retry")
-
-
-@run_status_sensor(
-    run_status=DagsterRunStatus.CANCELED,
-    monitored_jobs=[process_batch_job],
-    default_status=DefaultSensorStatus.RUNNING,
-    description="A canceled run gives back every request it held.",
-)
-def release_after_run_cancel(context: RunStatusSensorContext) -> None:
-    _release(context, "run canceled; request released for retry")
-
-
-@sensor(
-    minimum_interval_seconds=Settings.from_env().sweep_interval_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
-    description=(
-        "Sweeper: releases expired leases (fails and refunds requests out of attempts), carries out"
-        " cancels at Replicate, retries retryable failures once after a backoff. Launches no runs."
-    ),
-)
-def sweeper(context: SensorEvaluationContext) -> SkipReason:
-    settings = Settings.from_env()
-    report = sweep(
-        get_engine(settings),
-        replicate_canceler(settings.replicate_api_token, settings.replicate_base_url),
-        SweepPolicy.from_settings(settings),
-    )
-    if report.changed:
-        context.log.info(report.summary())
-    return SkipReason(report.summary())

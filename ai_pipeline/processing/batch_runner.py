@@ -49,6 +49,7 @@ from ai_pipeline.replicate.predictions import (
 )
 from ai_pipeline.replicate.rate_limit import SharedCreateLimiter, creates_bucket, ensure_bucket
 from ai_pipeline.replicate.reconcile import ListingIncomplete, Lookup, UnrecordedPredictions, client_pages
+from ai_pipeline.settings import Settings
 from ai_pipeline.storage.errors import OutputFetchError
 from ai_pipeline.storage.fetch import FetchPolicy, fetch_output
 from ai_pipeline.storage.keys import extension_for_content_type, output_key
@@ -59,18 +60,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunnerConfig:
-    """How a run works through its batch."""
+class CallPolicy:
+    """How a run treats one call that fails for a while (not configurable from the environment)."""
 
-    s3_bucket: str
-    s3_prefix: str
-    fetch_policy: FetchPolicy
-    max_in_flight: int = 50
-    claim_chunk: int = 100
-    lease_seconds: int = 300
-    max_attempts: int = 5
-    creates_per_minute: int = 600
-    sync_wait_seconds: int = 60
     # In-run retries of one call before the request is handed back to the queue.
     call_retries: int = 4
     backoff_base_seconds: float = 0.5
@@ -129,11 +121,14 @@ class BatchRunner:
         engine: Engine,
         replicate_client: replicate.Client,
         s3_client: Any,
-        config: RunnerConfig,
+        settings: Settings,
         *,
         owner: str,
+        policy: CallPolicy = CallPolicy(),
     ) -> None:
-        self.config = config
+        self.settings = settings
+        self.policy = policy
+        self.fetch_policy = FetchPolicy.from_settings(settings)
         self.owner = owner
         self.replicate = replicate_client
         self.s3 = s3_client
@@ -142,9 +137,9 @@ class BatchRunner:
         self._held: set[int] = set()
         self._catalogue: dict[str, ModelSpec] = {}
         self._model_slots: dict[str, asyncio.Semaphore] = {}
-        self._prediction_slots = asyncio.Semaphore(config.max_in_flight)
+        self._prediction_slots = asyncio.Semaphore(settings.max_in_flight)
         self._http: httpx.AsyncBaseTransport | None = None
-        self._create_bucket = creates_bucket(config.creates_per_minute)
+        self._create_bucket = creates_bucket(settings.creates_per_minute)
         self._limiter = SharedCreateLimiter(self.db.statement, self._create_bucket)
         self._unrecorded = UnrecordedPredictions(client_pages(replicate_client))
 
@@ -172,7 +167,7 @@ class BatchRunner:
         await self.db(ensure_bucket, self._create_bucket)
         await self.db(transitions.release_expired_leases, batch_id)
         # Downloads are short: a small pool suffices.
-        async with pooled_async_transport(max(8, self.config.max_in_flight // 2)) as http:
+        async with pooled_async_transport(max(8, self.settings.max_in_flight // 2)) as http:
             self._http = http
             renewer = asyncio.create_task(self._renew_leases())
             try:
@@ -193,21 +188,21 @@ class BatchRunner:
         The queue is topped up by one claim of up to `claim_chunk` rows when it runs low, so a slot never
         waits for the database and the database sees one claim per many requests.
         """
-        config = self.config
+        settings = self.settings
         in_flight: set[asyncio.Task[str]] = set()
         # Finished tasks arrive here (asyncio.wait would walk every task in flight on each call).
         finished: asyncio.Queue[asyncio.Task[str]] = asyncio.Queue()
         ready: deque[ClaimedRequest] = deque()
         # Tasks beyond the prediction bound are downloading, storing or settling finished work.
-        max_tasks = config.max_in_flight + max(4, config.max_in_flight // 2)
-        refill_below = max(1, config.max_in_flight // 2)
+        max_tasks = settings.max_in_flight + max(4, settings.max_in_flight // 2)
+        refill_below = max(1, settings.max_in_flight // 2)
         batch_empty = False
         try:
             while True:
                 if not batch_empty and len(ready) < refill_below:
-                    wanted = min(config.claim_chunk, config.max_in_flight)
+                    wanted = min(settings.claim_chunk, settings.max_in_flight)
                     claimed = await self.db(
-                        transitions.claim_requests, batch_id, self.owner, wanted, config.lease_seconds
+                        transitions.claim_requests, batch_id, self.owner, wanted, settings.lease_seconds
                     )
                     batch_empty = len(claimed) < wanted
                     self._held.update(request.id for request in claimed)
@@ -232,12 +227,12 @@ class BatchRunner:
                 await self.db(transitions.release_many, [r.id for r in ready], self.owner)
 
     async def _renew_leases(self) -> None:
-        interval = max(1.0, self.config.lease_seconds / 3)
+        interval = max(1.0, self.settings.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             held = list(self._held)
             try:
-                still = await self.db(transitions.renew_leases, self.owner, held, self.config.lease_seconds)
+                still = await self.db(transitions.renew_leases, self.owner, held, self.settings.lease_seconds)
             except Exception:  # the next renewal tries again; the lease has slack for that
                 log.exception("lease renewal failed")
                 continue
@@ -274,7 +269,7 @@ class BatchRunner:
             self._held.discard(request.id)
 
     async def _hand_back(self, request: ClaimedRequest, reason: str, retry_after: float | None) -> str:
-        if request.attempts >= self.config.max_attempts:
+        if request.attempts >= self.settings.max_attempts:
             done = await self.db(
                 transitions.mark_failed,
                 request.id,
@@ -283,7 +278,7 @@ class BatchRunner:
                 retryable=True,
             )
             return "failed" if done else "lease_lost"
-        delay = max(retry_after or 0.0, self.config.requeue_delay_seconds * random.uniform(0.5, 1.5))
+        delay = max(retry_after or 0.0, self.policy.requeue_delay_seconds * random.uniform(0.5, 1.5))
         done = await self.db.statement(transitions.release, request.id, self.owner, reason, delay)
         return "requeued" if done else "lease_lost"
 
@@ -291,7 +286,7 @@ class BatchRunner:
         spec = self._catalogue.get(request.model)
         if request.cancel_requested_at is not None:
             return await self._cancel(request)
-        if request.attempts > self.config.max_attempts:
+        if request.attempts > self.settings.max_attempts:
             raise Permanent(f"gave up after {request.attempts - 1} attempts", retryable=True)
         if spec is None:
             if request.credits_charged:
@@ -313,7 +308,7 @@ class BatchRunner:
                         request.id,
                         self.owner,
                         charge,
-                        self.config.lease_seconds,
+                        self.settings.lease_seconds,
                     )
                 except transitions.NotHeld:
                     raise LeaseLost from None
@@ -368,18 +363,18 @@ class BatchRunner:
             raise LeaseLost
 
     async def _create(self, request: ClaimedRequest, spec: ModelSpec, *, intent_at: datetime) -> Prediction:
-        config = self.config
-        for attempt in range(config.call_retries + 1):
+        settings, policy = self.settings, self.policy
+        for attempt in range(policy.call_retries + 1):
             if attempt:  # the first create's token was taken before the charge
                 await self._limiter.acquire()
                 held = await self.db.statement(
-                    transitions.extend_lease, request.id, self.owner, config.lease_seconds
+                    transitions.extend_lease, request.id, self.owner, settings.lease_seconds
                 )
                 if not held:
                     raise LeaseLost
             try:
                 prediction = await create_prediction(
-                    self.replicate, spec, request.input, wait_seconds=config.sync_wait_seconds
+                    self.replicate, spec, request.input, wait_seconds=settings.sync_wait_seconds
                 )
             except Exception as exc:
                 failure = classify_failure(exc)
@@ -392,11 +387,11 @@ class BatchRunner:
                     found = await self._find_unrecorded(request, spec, intent_at)
                     if found is not None:
                         return found
-                if attempt == config.call_retries:
+                if attempt == policy.call_retries:
                     raise Transient(failure.message, failure.retry_after) from exc
                 await asyncio.sleep(
                     backoff_delay(
-                        attempt, config.backoff_base_seconds, config.backoff_max_seconds, failure.retry_after
+                        attempt, policy.backoff_base_seconds, policy.backoff_max_seconds, failure.retry_after
                     )
                 )
                 continue
@@ -406,8 +401,8 @@ class BatchRunner:
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One idempotent call to Replicate (get, list, cancel), retried on transient trouble."""
-        config = self.config
-        for attempt in range(config.call_retries + 1):
+        policy = self.policy
+        for attempt in range(policy.call_retries + 1):
             try:
                 return await fn(*args, **kwargs)
             except ListingIncomplete:
@@ -416,18 +411,18 @@ class BatchRunner:
                 failure = classify_failure(exc)
                 if not failure.transient:
                     raise Permanent(failure.message) from exc
-                if attempt == config.call_retries:
+                if attempt == policy.call_retries:
                     raise Transient(failure.message, failure.retry_after) from exc
                 await asyncio.sleep(
                     backoff_delay(
-                        attempt, config.backoff_base_seconds, config.backoff_max_seconds, failure.retry_after
+                        attempt, policy.backoff_base_seconds, policy.backoff_max_seconds, failure.retry_after
                     )
                 )
         raise AssertionError("unreachable")
 
     async def _wait(self, prediction: Prediction) -> Prediction:
         """Poll until the prediction ends: 0.5 s, growing by half each time, at most 10 s apart."""
-        deadline = time.monotonic() + self.config.prediction_deadline_seconds
+        deadline = time.monotonic() + self.policy.prediction_deadline_seconds
         delay = 0.5
         while prediction.status not in TERMINAL_PREDICTION_STATUSES:
             if time.monotonic() > deadline:
@@ -471,14 +466,14 @@ class BatchRunner:
                 fetched = await self._fetch(part.url)
                 content, content_type, source = fetched.content, fetched.content_type, part.url
             key = output_key(
-                self.config.s3_prefix,
+                self.settings.s3_prefix,
                 request.batch_id,
                 request.id,
                 index,
                 extension_for_content_type(content_type, source),
             )
             obj = await asyncio.get_running_loop().run_in_executor(
-                self._uploads, put_object, self.s3, self.config.s3_bucket, key, content, content_type
+                self._uploads, put_object, self.s3, self.settings.s3_bucket, key, content, content_type
             )
             stored.append(
                 {"uri": obj.uri, "sha256": obj.sha256, "size": obj.size, "content_type": obj.content_type}
@@ -487,17 +482,17 @@ class BatchRunner:
 
     async def _fetch(self, url: str) -> Any:
         assert self._http is not None
-        config = self.config
-        for attempt in range(config.call_retries + 1):
+        policy = self.policy
+        for attempt in range(policy.call_retries + 1):
             try:
-                return await fetch_output(self._http, url, config.fetch_policy)
+                return await fetch_output(self._http, url, self.fetch_policy)
             except OutputFetchError as exc:
                 if not exc.transient:
                     raise Permanent(f"output could not be stored: {exc}") from exc
-                if attempt == config.call_retries:
+                if attempt == policy.call_retries:
                     raise Transient(f"output download failed: {exc}") from exc
                 await asyncio.sleep(
-                    backoff_delay(attempt, config.backoff_base_seconds, config.backoff_max_seconds)
+                    backoff_delay(attempt, policy.backoff_base_seconds, policy.backoff_max_seconds)
                 )
         raise AssertionError("unreachable")
 

@@ -11,20 +11,20 @@ import json
 import sys
 
 from ai_pipeline.db.engine import engine_for_url
-from ai_pipeline.processing import BatchRunner, RunnerConfig
+from ai_pipeline.processing import BatchRunner
 from ai_pipeline.replicate.predictions import make_client
-from ai_pipeline.storage.fetch import FetchPolicy
+from ai_pipeline.settings import Settings
 from ai_pipeline_tests.support.s3 import make_s3_client
 
 
 def main(raw: str) -> None:
     options = json.loads(raw)
-    config = RunnerConfig(
+    settings = Settings(
         s3_bucket=options["bucket"],
         s3_prefix="test",
-        fetch_policy=FetchPolicy(
-            allowed_hosts=(options["output_host"],), max_bytes=10 * 1024 * 1024, timeout_seconds=30
-        ),
+        output_hosts=(options["output_host"],),
+        output_max_bytes=10 * 1024 * 1024,
+        output_timeout_seconds=30,
         max_in_flight=options.get("max_in_flight", 20),
         lease_seconds=options["lease_seconds"],
         creates_per_minute=6000,
@@ -34,7 +34,7 @@ def main(raw: str) -> None:
         engine_for_url(options["database_url"]),
         make_client(options["token"], options["replicate_base_url"]),
         make_s3_client(options["s3_endpoint_url"]),
-        config,
+        settings,
         owner=options["owner"],
     )
     print(json.dumps(dict(runner.run(options["batch"]).outcomes)), flush=True)

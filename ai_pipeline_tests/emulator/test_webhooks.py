@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import pytest
 import replicate
@@ -101,7 +103,8 @@ def test_terminal_webhook_is_retried_with_the_same_id_until_accepted(
     assert receiver.answered == [500, 500, 200]
     assert len({d.headers["webhook-id"] for d in receiver.deliveries}) == 1
     assert len({d.body for d in receiver.deliveries}) == 1
-    stats = emu.stats()
+    # The receiver has answered; the emulator counts the delivery once it has read that answer.
+    stats = _wait_for_stats(emu, lambda stats: stats["webhooks_delivered"] >= 1)
     assert stats["webhook_attempts"] == 3
     assert stats["webhooks_delivered"] == 1
     assert stats["webhook_failures"] == 2
@@ -142,12 +145,14 @@ def test_canceled_prediction_sends_its_completed_webhook(
 
 
 def _wait_for_terminal_webhook(emu: InProcessEmulator) -> dict:
-    import time
+    return _wait_for_stats(emu, lambda stats: bool(stats["webhooks_by_event"].get("completed")))
 
+
+def _wait_for_stats(emu: InProcessEmulator, condition: Callable[[dict], bool]) -> dict:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         stats = emu.stats()
-        if stats["webhooks_by_event"].get("completed"):
+        if condition(stats):
             return stats
         time.sleep(0.02)
-    raise AssertionError("no completed webhook")
+    raise AssertionError(f"the emulator's stats never met the condition: {emu.stats()}")

@@ -38,6 +38,9 @@ def describe_definitions() -> dict[str, Any]:
 def test_definitions_match_the_reviewed_snapshot(monkeypatch) -> None:
     monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_snapshot")
     current = describe_definitions()
-    if os.environ.get("UPDATE_SNAPSHOT") or not SNAPSHOT.exists():
+    if os.environ.get("UPDATE_SNAPSHOT"):
         SNAPSHOT.write_text(json.dumps(current, indent=2) + "\n")
+    assert SNAPSHOT.exists(), (
+        f"no reviewed snapshot at {SNAPSHOT}: write one with UPDATE_SNAPSHOT=1 and review it"
+    )
     assert current == json.loads(SNAPSHOT.read_text())

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import EnvVar
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import balance, grant
-from ai_pipeline.orchestration.resources import ReplicateResource
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
 
@@ -38,20 +36,14 @@ def test_a_backfill_from_the_ui_reprocesses_failed_requests_as_new_charged_reque
 
 
 def test_the_replicate_token_never_reaches_run_config_or_logs(
-    harness: PipelineHarness, engine: Engine, unique: str, monkeypatch
+    harness: PipelineHarness, engine: Engine, unique: str
 ) -> None:
     secret = f"r8_secret_{unique}"
-    monkeypatch.setenv("AI_PIPELINE_TEST_TOKEN", secret)
     batch, user = f"secret-{unique}", f"u-{unique}"
     with engine.begin() as conn:
         grant(conn, user, 5)
         insert_request(conn, user, model="emulator/image", batch_id=batch, input={"prompt": unique})
-    defs = harness.definitions()
-    resources = dict(defs.resources or {})
-    resources["replicate"] = ReplicateResource(
-        api_token=EnvVar("AI_PIPELINE_TEST_TOKEN"), base_url=harness.emulator.base_url
-    )
-    defs = type(defs)(assets=list(defs.assets or []), jobs=list(defs.jobs or []), resources=resources)
+    defs = harness.definitions(replicate_api_token=secret)
 
     result = harness.run_batch(batch, defs=defs)
 

@@ -24,22 +24,11 @@ from dagster import (
 from sqlalchemy import Engine
 
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
+from ai_pipeline.definitions import build_definitions
 from ai_pipeline.dev.demo import CATALOGUE
 from ai_pipeline.dev.emulator.server import InProcessEmulator, run_emulator
-from ai_pipeline.orchestration.assets import batch_generations
-from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
-from ai_pipeline.orchestration.resources import (
-    DatabaseResource,
-    OutputsS3Resource,
-    PipelineSettingsResource,
-    ReplicateResource,
-)
-from ai_pipeline.orchestration.sensors import (
-    batch_sensor,
-    release_after_run_cancel,
-    release_after_run_failure,
-)
-from ai_pipeline.settings import temporary_environment
+from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB
+from ai_pipeline.settings import Settings, temporary_environment
 from ai_pipeline_tests.support.s3 import create_bucket, make_s3_client, s3_endpoint
 
 TEST_TOKEN = "r8_test_token"
@@ -56,37 +45,29 @@ class PipelineHarness:
     instance: DagsterInstance
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def definitions(self, **settings: Any) -> Definitions:
+    def pipeline_settings(self, **overrides: Any) -> Settings:
+        """The settings a deployment pointed at these parts would read from its environment."""
         emulator = urlsplit(self.emulator.base_url)
-        resources = {
-            "database": DatabaseResource(database_url=self.database_url),
-            "replicate": ReplicateResource(api_token=TEST_TOKEN, base_url=self.emulator.base_url),
-            "s3": OutputsS3Resource(
-                endpoint_url=self.s3_endpoint_url,
-                region_name="us-east-1",
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            ),
-            "pipeline_settings": PipelineSettingsResource(
-                **{
-                    "s3_bucket": self.bucket,
-                    "s3_prefix": "test",
-                    "output_hosts": [f"{emulator.hostname}:{emulator.port}"],
-                    "max_in_flight": 20,
-                    "lease_seconds": 30,
-                    "creates_per_minute": 6000,
-                    "sync_wait_seconds": 5,
-                    **self.settings,
-                    **settings,
-                }
-            ),
+        values: dict[str, Any] = {
+            "database_url": self.database_url,
+            "replicate_api_token": TEST_TOKEN,
+            "replicate_base_url": self.emulator.base_url,
+            "aws_endpoint_url": self.s3_endpoint_url,
+            "s3_bucket": self.bucket,
+            "s3_prefix": "test",
+            "output_hosts": (f"{emulator.hostname}:{emulator.port}",),
+            "max_in_flight": 20,
+            "lease_seconds": 30,
+            "creates_per_minute": 6000,
+            "sync_wait_seconds": 5,
+            **self.settings,
+            **overrides,
         }
-        return Definitions(
-            assets=[batch_generations],
-            jobs=[process_batch_job],
-            sensors=[batch_sensor, release_after_run_failure, release_after_run_cancel],
-            resources=resources,
-        )
+        return Settings(**values)
+
+    def definitions(self, **settings: Any) -> Definitions:
+        """The project's code location, as `definitions.py` builds it, configured for these parts."""
+        return build_definitions(self.pipeline_settings(**settings))
 
     def tick(self, defs: Definitions | None = None, cursor: str | None = None) -> SensorResult | SkipReason:
         """Evaluate the batch sensor once and register the partitions it asks for, as the daemon does."""
@@ -94,7 +75,7 @@ class PipelineHarness:
         context = build_sensor_context(
             instance=self.instance, definitions=defs, resources=defs.resources, cursor=cursor
         )
-        result = batch_sensor(context)
+        result = defs.resolve_sensor_def("batch_sensor")(context)
         if isinstance(result, SensorResult):
             for request in result.dynamic_partitions_requests or []:
                 self.instance.add_dynamic_partitions(
@@ -145,8 +126,8 @@ def emulator_seed_for(module_name: str) -> int:
 def pipeline_harness(engine: Engine, database_url: str, **emulator_config: Any) -> Iterator[PipelineHarness]:
     """The real parts wired together: emulator, S3 endpoint, a temporary Dagster instance.
 
-    Runs get their database, Replicate and S3 from resources; sensors read the environment (see
-    `orchestration/sensors.py`), so the environment points at the same parts while the harness lives.
+    Everything is configured by `PipelineHarness.pipeline_settings()`; the environment holds only what
+    boto3 reads itself (the test credentials for the S3 endpoint), as a deployment's would.
     """
     with engine.begin() as conn:
         upsert_models(conn, read_catalogue_file(CATALOGUE))
@@ -155,13 +136,7 @@ def pipeline_harness(engine: Engine, database_url: str, **emulator_config: Any) 
         run_emulator(**config) as emulator,
         s3_endpoint() as s3_url,
         instance_for_test() as instance,
-        temporary_environment(
-            {
-                "AI_PIPELINE_DATABASE_URL": database_url,
-                "REPLICATE_BASE_URL": emulator.base_url,
-                "REPLICATE_API_TOKEN": TEST_TOKEN,
-            }
-        ),
+        temporary_environment({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}),
     ):
         s3 = make_s3_client(s3_url)
         yield PipelineHarness(
