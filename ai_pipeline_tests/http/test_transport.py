@@ -215,6 +215,7 @@ _CONNECTION_KEY = aiohttp.client_reqrep.ConnectionKey("127.0.0.1", 80, False, Tr
             httpx.RemoteProtocolError,
             True,
         ),
+        (aiohttp.ClientHttpProxyError(_REQUEST_INFO, (), status=403), httpx.ProxyError, True),
     ],
 )
 def test_each_aiohttp_error_keeps_whether_the_request_may_have_arrived(
