@@ -2,15 +2,25 @@
 
 A run keeps dozens of requests to Replicate (through the official client, which speaks httpx) and to
 its delivery host in flight. Under httpx's own transport, httpcore's pool, h11 and anyio were about
-half of the run worker's event-loop CPU (cProfile): the pool walks every connection on every request,
-and h11 parses HTTP in Python. `AiohttpTransport` keeps httpx's API (requests, responses, timeouts,
-errors) and hands the wire to aiohttp, whose pool and HTTP parser are C. Measured side by side, the
-official client's create plus one download cost about 1 ms of CPU less per request.
+half of the run worker's event-loop CPU (cProfile). `AiohttpTransport` keeps httpx's API (requests,
+responses, timeouts, errors, proxy settings) and hands the wire to aiohttp, whose pool and HTTP parser
+are C: the official client's create plus one download cost 1.5 ms of CPU here, 5.5 ms through httpx's
+own transport (bench/bench_transport.py, bench/RESULTS.md).
 
 Errors are mapped to httpx's so that callers can still tell "never sent" (`ConnectError`,
 `ConnectTimeout`: safe to send again) from "sent, answer lost" (`RemoteProtocolError`, `ReadError`,
 `ReadTimeout`: a create may have happened). A mapping that blurred the two would turn a lost answer
 into a second billed prediction, so it is spelled out here and tested, not taken from a library.
+
+Not the `httpx-aiohttp` package (0.2.0): no cheaper (median 1.02x our CPU over 8 alternating rounds,
+0.79-1.32), and it maps a server that hangs up after the request, or resets, to `ConnectTimeout` (a
+second billed prediction), lets a malformed answer escape as an aiohttp error, re-quotes URLs (`?x=%2F`
+goes out as `?x=/`), adds Accept-Encoding and a cookie jar, and keeps one session for good (none in the
+next event loop, none after `aclose`). Making it safe meant overriding every method it has.
+
+Proxies: HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY (either case) count as httpx counts them with
+`trust_env` (read once, with httpx's own functions); http and https proxies only (aiohttp has no SOCKS).
+A request pinned to a checked address (storage/fetch.py) is matched by its name (`sni_hostname`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import httpx
 import yarl
+
+# httpx's own reading of the proxy variables and its URL patterns, so that NO_PROXY means here what it
+# means to httpx. Private to httpx; a rename shows up as an import error, and the proxy tests pin them.
+from httpx._utils import URLPattern, get_environment_proxies
 
 _CHUNK_BYTES = 64 * 1024
 
@@ -38,6 +52,8 @@ def transport_error(exc: BaseException, request: httpx.Request) -> httpx.Transpo
         return httpx.ReadTimeout(message, request=request)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # the proxy refused the tunnel, as httpx reports it
+        return httpx.ProxyError(message, request=request)
     if isinstance(exc, aiohttp.ClientResponseError):  # a malformed answer
         return httpx.RemoteProtocolError(message, request=request)
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
@@ -66,15 +82,33 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._response.close()  # abandoned half-way (e.g. too large): the connection is dropped
 
 
+ProxyRoutes = list[tuple[URLPattern, httpx.Proxy | None]]
+
+
+def environment_proxies() -> ProxyRoutes:
+    """The proxy for each kind of URL as httpx reads the environment (most specific first; None: go
+    direct). Raises ValueError for a proxy this transport cannot speak to."""
+    routes = [
+        (URLPattern(pattern), None if url is None else httpx.Proxy(url))
+        for pattern, url in get_environment_proxies().items()
+    ]
+    for _pattern, proxy in routes:
+        if proxy is not None and proxy.url.scheme not in ("http", "https"):
+            raise ValueError(f"proxy {proxy.url} is not supported: aiohttp speaks to http and https proxies")
+    return sorted(routes, key=lambda route: route[0].priority)
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx's async transport interface over one aiohttp session (per event loop).
 
     Bodies are passed through as they are (no decompression here: httpx decodes them, as with its own
-    transport); the `sni_hostname` request extension sets the TLS server name, as httpcore does.
+    transport); the `sni_hostname` request extension sets the TLS server name, as httpcore does. With
+    `trust_env` (the default, as in httpx) the proxy variables are read when the transport is made.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, *, trust_env: bool = True) -> None:
         self._max_connections = max_connections
+        self._proxies: ProxyRoutes = environment_proxies() if trust_env else []
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -98,10 +132,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._loop = loop
         return self._session
 
+    def _proxy_for(self, request: httpx.Request) -> httpx.Proxy | None:
+        url = request.url
+        name = request.extensions.get("sni_hostname")
+        if name:  # pinned to a checked address: the request is for the name it presents
+            url = url.copy_with(host=name)
+        for pattern, proxy in self._proxies:
+            if pattern.matches(url):
+                return proxy
+        return None
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session_for_this_loop()
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         body = await request.aread()
+        proxy = self._proxy_for(request) if self._proxies else None
         try:
             response = await session.request(
                 request.method,
@@ -116,6 +161,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_read=timeouts.get("read"),
                 ),
                 server_hostname=request.extensions.get("sni_hostname"),
+                proxy=None if proxy is None else str(proxy.url),
+                proxy_auth=None if proxy is None or proxy.auth is None else aiohttp.BasicAuth(*proxy.auth),
+                proxy_headers=None if proxy is None else dict(proxy.headers),
             )
         except (OSError, aiohttp.ClientError) as exc:  # OSError includes TimeoutError
             raise transport_error(exc, request) from exc
@@ -132,7 +180,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await session.close()
 
 
-def pooled_async_transport(max_connections: int) -> AiohttpTransport:
+def pooled_async_transport(max_connections: int, *, trust_env: bool = True) -> AiohttpTransport:
     """An httpx async transport with up to `max_connections` connections at once (idle ones are kept
-    for 5 s)."""
-    return AiohttpTransport(max_connections)
+    for 5 s), through the proxies the environment names unless `trust_env` is False."""
+    return AiohttpTransport(max_connections, trust_env=trust_env)

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_emulator.py", "bench_load.py", "bench_queries.py", "idle_cost.py", "bench_pipeline.py"]
+BENCHMARKS = [
+    "bench_emulator.py",
+    "bench_load.py",
+    "bench_queries.py",
+    "idle_cost.py",
+    "bench_transport.py",
+    "bench_pipeline.py",
+]
 
 
 def main() -> int:

@@ -5,9 +5,16 @@ Domain code: no Dagster here. The orchestration layer calls, per request:
 `output_key(...)`; and per batch `write_manifest(...)`.
 """
 
+from ai_pipeline.storage.allowlist import FetchPolicy
 from ai_pipeline.storage.client import create_s3_client, s3_client_config
-from ai_pipeline.storage.errors import OutputFetchError, OutputGone, OutputRefused, OutputUnavailable
-from ai_pipeline.storage.fetch import FetchedFile, FetchPolicy, fetch_output, redact_url
+from ai_pipeline.storage.errors import (
+    OutputFetchError,
+    OutputGone,
+    OutputRefused,
+    OutputUnavailable,
+    redact_url,
+)
+from ai_pipeline.storage.fetch import FetchedFile, fetch_output
 from ai_pipeline.storage.keys import (
     batch_key_prefix,
     extension_for_content_type,

@@ -7,6 +7,17 @@ may carry signatures, so they never reach an exception, a log line or the UI.
 
 from __future__ import annotations
 
+import httpx
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """Scheme, host, port and path of a URL: what may be logged. Query, fragment, userinfo dropped."""
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else url
+        return str(parsed.copy_with(query=None, fragment=None, userinfo=b""))
+    except Exception:
+        return "<unparseable url>"
+
 
 class OutputFetchError(Exception):
     """An output could not be fetched. `url` is the redacted URL (scheme, host, port, path)."""

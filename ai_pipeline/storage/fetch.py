@@ -2,12 +2,8 @@
 
 The URL comes from a third party, so every hop is checked before a byte is sent:
 - scheme http or https, no credentials in the URL;
-- host on the allowlist (`FetchPolicy.allowed_hosts`: exact names, `*.suffix`, or `host:port` for one
-  port only);
-- every address the host resolves to is checked: link-local, multicast, unspecified, reserved and cloud
-  metadata addresses are always refused; private and loopback ones only pass when the allowlist entry
-  that matched is itself an IP literal or `localhost` (the local emulator at `127.0.0.1:8787`), so a
-  delivery name that resolves to 10.x is refused;
+- host on the allowlist and every address it resolves to acceptable (storage/allowlist.py,
+  storage/addresses.py);
 - the connection goes to the address that was checked (the request is pinned to it, with the original
   Host header and TLS server name), so a second, different DNS answer cannot slip past the check
   (DNS rebinding);
@@ -22,115 +18,44 @@ run worker the client layer cost about as much CPU as the transport under it (cP
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
-from ai_pipeline.settings import Settings
+from ai_pipeline.storage.addresses import (
+    DEFAULT_PORTS,
+    IPAddress,
+    Resolver,
+    ascii_host,
+    checked_addresses,
+    ip_literal,
+    resolve_with_event_loop,
+)
+from ai_pipeline.storage.allowlist import AllowedHost, FetchPolicy
 from ai_pipeline.storage.errors import (
     OutputFetchError,
     OutputGone,
     OutputRefused,
     OutputUnavailable,
+    redact_url,
 )
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
-"""Resolves (host, port) to IP address strings. The default uses the event loop's getaddrinfo."""
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "USER_AGENT",
+    "AllowedHost",
+    "FetchPolicy",
+    "FetchedFile",
+    "Resolver",
+    "fetch_output",
+    "redact_url",
+]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 USER_AGENT = "ai-pipeline (output download)"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _GONE_STATUSES = frozenset({401, 403, 404, 410})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-# Instance metadata services that are not already link-local (169.254.0.0/16 always is).
-_METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(address)
-    for address in (
-        "fd00:ec2::254",  # AWS IMDS over IPv6
-        "fd00:ec2::23",  # AWS DNS over IPv6
-        "100.100.100.200",  # Alibaba Cloud
-        "168.63.129.16",  # Azure wire server
-        "192.0.0.192",  # Oracle Cloud
-    )
-)
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-@dataclass(frozen=True)
-class AllowedHost:
-    """One parsed allowlist entry."""
-
-    host: str  # lower case, no trailing dot; for wildcards the suffix without "*."
-    port: int | None  # None: any port
-    wildcard: bool
-
-    @classmethod
-    def parse(cls, entry: str) -> AllowedHost:
-        """Parse `name`, `*.suffix`, `host:port`, `1.2.3.4`, `::1` or `[::1]:8787`."""
-        text = entry.strip().lower()
-        wildcard = text.startswith("*.")
-        if wildcard:
-            text = text[2:]
-        host, port = text, None
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            if rest:
-                port = _parse_port(rest.removeprefix(":"), entry)
-        elif text.count(":") == 1:
-            host, _, port_text = text.partition(":")
-            port = _parse_port(port_text, entry)
-        host = host.rstrip(".")
-        if not host.isascii():
-            host = host.encode("idna").decode("ascii")
-        literal = _ip_literal(host)
-        if literal is not None:
-            host = str(literal)
-        if not host:
-            raise ValueError(f"empty host in allowlist entry {entry!r}")
-        return cls(host=host, port=port, wildcard=wildcard)
-
-    @property
-    def trusts_private_addresses(self) -> bool:
-        """An operator who lists an IP literal or `localhost` means that very machine: let it through."""
-        return not self.wildcard and (self.host == "localhost" or _ip_literal(self.host) is not None)
-
-    def matches(self, host: str, port: int) -> bool:
-        """Whether a URL's (normalised) host and effective port fall under this entry."""
-        if self.port is not None and self.port != port:
-            return False
-        if self.wildcard:
-            return host.endswith("." + self.host)
-        return host == self.host
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """What may be fetched: allowed hosts, the size cap and the overall deadline per file."""
-
-    allowed_hosts: tuple[str, ...]
-    max_bytes: int
-    timeout_seconds: float
-    max_redirects: int = 3
-    allowlist: tuple[AllowedHost, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Parsed once, so a malformed entry fails at start-up rather than on the first download.
-        object.__setattr__(self, "allowlist", tuple(AllowedHost.parse(e) for e in self.allowed_hosts))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FetchPolicy:
-        """The policy configured by `AI_PIPELINE_OUTPUT_HOSTS`, `…_MAX_BYTES`, `…_TIMEOUT_SECONDS`."""
-        return cls(
-            allowed_hosts=settings.output_hosts,
-            max_bytes=settings.output_max_bytes,
-            timeout_seconds=settings.output_timeout_seconds,
-        )
 
 
 @dataclass(frozen=True)
@@ -155,7 +80,7 @@ async def fetch_output(
     `OutputUnavailable` (5xx, 429, timeouts, connection and DNS errors; transient). The headers sent
     are Host, Accept and User-Agent: never the Replicate token or a cookie.
     """
-    resolver = resolve or _resolve_with_event_loop
+    resolver = resolve or resolve_with_event_loop
     try:
         async with asyncio.timeout(policy.timeout_seconds):
             return await _fetch_following_redirects(transport, url, policy, resolver)
@@ -163,15 +88,6 @@ async def fetch_output(
         raise OutputUnavailable(
             f"fetching {redact_url(url)} took longer than {policy.timeout_seconds:g}s", url=redact_url(url)
         ) from None
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """Scheme, host, port and path of a URL: what may be logged. Query, fragment, userinfo dropped."""
-    try:
-        parsed = httpx.URL(url) if isinstance(url, str) else url
-        return str(parsed.copy_with(query=None, fragment=None, userinfo=b""))
-    except Exception:
-        return "<unparseable url>"
 
 
 async def _fetch_following_redirects(
@@ -182,7 +98,7 @@ async def _fetch_following_redirects(
 ) -> FetchedFile:
     current = _parse_url(url)
     for _hop in range(policy.max_redirects + 1):
-        addresses = await _checked_addresses(current, policy.allowlist, resolver)
+        addresses = await checked_addresses(current, policy.allowlist, resolver)
         outcome = await _get(transport, current, addresses, policy)
         if isinstance(outcome, str):
             current = _parse_url(str(current.join(outcome)))
@@ -199,7 +115,7 @@ def _parse_url(url: str) -> httpx.URL:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
         raise OutputRefused("invalid output URL", url=redact_url(url)) from None
-    if parsed.scheme not in _DEFAULT_PORTS:
+    if parsed.scheme not in DEFAULT_PORTS:
         where = redact_url(parsed)
         raise OutputRefused(f"scheme {parsed.scheme!r} not allowed: {where}", url=where)
     if not parsed.host:
@@ -209,63 +125,6 @@ def _parse_url(url: str) -> httpx.URL:
         where = redact_url(parsed)
         raise OutputRefused(f"output URL carries credentials: {where}", url=where)
     return parsed
-
-
-def _effective_port(url: httpx.URL) -> int:
-    return url.port or _DEFAULT_PORTS[url.scheme]
-
-
-async def _checked_addresses(
-    url: httpx.URL, allowlist: tuple[AllowedHost, ...], resolver: Resolver
-) -> list[IPAddress]:
-    """The addresses `url` may be fetched from, or OutputRefused/OutputUnavailable."""
-    host, port = _ascii_host(url).rstrip("."), _effective_port(url)
-    literal = _ip_literal(host)
-    if literal is not None:
-        host = str(literal)  # one spelling per address, as in the parsed allowlist
-    matched = [entry for entry in allowlist if entry.matches(host, port)]
-    if not matched:
-        where = redact_url(url)
-        raise OutputRefused(f"host {host}:{port} is not an allowed output host: {where}", url=where)
-    trust_private = any(entry.trusts_private_addresses for entry in matched)
-
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            resolved = await resolver(host, port)
-        except OSError as exc:
-            raise OutputUnavailable(f"cannot resolve {host}: {exc}", url=redact_url(url)) from None
-        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolved]
-        if not addresses:
-            raise OutputUnavailable(f"{host} resolved to no address", url=redact_url(url))
-
-    for address in addresses:
-        reason = _refusal_reason(address, trust_private)
-        if reason:
-            where = redact_url(url)
-            raise OutputRefused(f"{host} resolves to {reason} address {address}: {where}", url=where)
-    return addresses
-
-
-def _refusal_reason(address: IPAddress, trust_private: bool) -> str | None:
-    """Why we must not connect to `address`, or None when it is fine."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif address in _NAT64:
-            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _METADATA_ADDRESSES:
-        return "a cloud metadata"
-    if address.is_link_local:
-        return "a link-local"
-    if address.is_multicast:
-        return "a multicast"
-    if address.is_unspecified:
-        return "an unspecified"
-    if not address.is_global and not trust_private:
-        return "a private, loopback or reserved"
-    return None
 
 
 async def _get(
@@ -295,7 +154,7 @@ async def _get(
             raise _unavailable(exc, url) from None
         finally:
             await response.aclose()
-    if last_error is None:  # unreachable: _checked_addresses never returns an empty list
+    if last_error is None:  # unreachable: checked_addresses never returns an empty list
         where = redact_url(url)
         raise OutputUnavailable(f"no address to connect to for {where}", url=where)
     raise _unavailable(last_error, url)
@@ -305,9 +164,9 @@ def _pinned_request(url: httpx.URL, address: IPAddress, policy: FetchPolicy) -> 
     """A GET to the checked address, presenting the original host name (Host header, TLS SNI)."""
     extensions: dict[str, object] = {"timeout": httpx.Timeout(policy.timeout_seconds).as_dict()}
     target = url
-    if _ip_literal(url.host) is None:
+    if ip_literal(url.host) is None:
         target = url.copy_with(host=str(address))
-        extensions["sni_hostname"] = _ascii_host(url)
+        extensions["sni_hostname"] = ascii_host(url)
     headers = {"Host": url.netloc.decode("ascii"), "Accept": "*/*", "User-Agent": USER_AGENT}
     return httpx.Request("GET", target, headers=headers, extensions=extensions)
 
@@ -357,26 +216,3 @@ def _unavailable(exc: httpx.TransportError, url: httpx.URL) -> OutputUnavailable
         detail = detail.replace(url.query.decode("ascii", "replace"), "…")
     where = redact_url(url)
     return OutputUnavailable(f"cannot fetch {where}: {type(exc).__name__}: {detail}", url=where)
-
-
-def _ascii_host(url: httpx.URL) -> str:
-    """The host as sent on the wire (IDNA-encoded, lower case)."""
-    return url.raw_host.decode("ascii").lower()
-
-
-def _ip_literal(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-
-
-def _parse_port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"invalid port in allowlist entry {entry!r}")
-    return int(text)
-
-
-async def _resolve_with_event_loop(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]

@@ -4,46 +4,19 @@ a request may have reached the server (the difference between retrying a create 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import httpx
+import multidict
 import pytest
+import yarl
 
 from ai_pipeline.dev.emulator.server import run_emulator
 from ai_pipeline.http_transport import pooled_async_transport, transport_error
 from ai_pipeline.replicate.errors import classify_failure
 from ai_pipeline.replicate.predictions import close_client, make_client
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[str]:
-    """A TCP server answering with `handler`; yields its base URL."""
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + (await reader.readexactly(length) if length else b"")
-
-
-def _answer(status: str, body: bytes, headers: str = "") -> bytes:
-    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
+from ai_pipeline_tests.http.raw_server import answer, raw_server, read_request, reset, unused_port
 
 
 async def _send(url: str, method: str = "POST", **kwargs: object) -> httpx.Response:
@@ -57,10 +30,10 @@ def test_requests_and_answers_pass_through_unchanged() -> None:
     seen: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await _read_request(reader))
+        seen.append(await read_request(reader))
         body = gzip.compress(b'{"ok": true}')
         writer.write(
-            _answer("201 Created", body, "Content-Type: application/json\r\nContent-Encoding: gzip\r\n")
+            answer("201 Created", body, "Content-Type: application/json\r\nContent-Encoding: gzip\r\n")
         )
         await writer.drain()
         writer.close()
@@ -80,9 +53,7 @@ def test_requests_and_answers_pass_through_unchanged() -> None:
 
 
 def test_connection_refused_is_a_connect_error_so_a_create_may_be_sent_again() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again before the request: nothing listens
+    port = unused_port()
     with pytest.raises(httpx.ConnectError) as caught:
         asyncio.run(_send(f"http://127.0.0.1:{port}/v1/predictions", json={}))
     assert not classify_failure(caught.value).ambiguous
@@ -90,7 +61,7 @@ def test_connection_refused_is_a_connect_error_so_a_create_may_be_sent_again() -
 
 def test_a_connection_dropped_after_the_request_is_ambiguous() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         writer.close()  # the request arrived; no answer
 
     async def run() -> None:
@@ -105,7 +76,7 @@ def test_a_connection_dropped_after_the_request_is_ambiguous() -> None:
 
 def test_a_body_cut_short_is_a_protocol_error() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a little")
         await writer.drain()
         writer.close()
@@ -120,7 +91,7 @@ def test_a_body_cut_short_is_a_protocol_error() -> None:
 
 def test_no_answer_in_time_is_a_read_timeout_and_ambiguous() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         await asyncio.sleep(2)
         writer.close()
 
@@ -131,6 +102,66 @@ def test_no_answer_in_time_is_a_read_timeout_and_ambiguous() -> None:
     with pytest.raises(httpx.ReadTimeout) as caught:
         asyncio.run(run())
     assert classify_failure(caught.value).ambiguous
+
+
+def test_a_connection_reset_after_the_request_is_ambiguous() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        reset(writer)  # the request arrived; the answer is a TCP reset
+
+    async def run() -> None:
+        async with raw_server(handler) as url:
+            await _send(f"{url}/v1/predictions", json={})
+
+    with pytest.raises(httpx.ReadError) as caught:
+        asyncio.run(run())
+    failure = classify_failure(caught.value)
+    assert failure.transient and failure.ambiguous
+
+
+def test_a_malformed_answer_is_a_protocol_error_and_ambiguous() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        async with raw_server(handler) as url:
+            await _send(f"{url}/v1/predictions", json={})
+
+    with pytest.raises(httpx.RemoteProtocolError) as caught:
+        asyncio.run(run())
+    assert classify_failure(caught.value).ambiguous
+
+
+def test_waiting_too_long_for_a_pooled_connection_is_never_sent() -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await release.wait()  # holds the pool's only connection
+        writer.write(answer("200 OK", b""))
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        async with (
+            raw_server(handler) as url,
+            httpx.AsyncClient(transport=pooled_async_transport(1)) as client,
+        ):
+            first = asyncio.create_task(client.get(f"{url}/slow"))
+            await asyncio.sleep(0.1)
+            try:
+                await client.post(f"{url}/v1/predictions", json={}, timeout=httpx.Timeout(5.0, pool=0.2))
+            finally:
+                release.set()
+                await first
+
+    with pytest.raises(httpx.ConnectTimeout) as caught:
+        asyncio.run(run())
+    failure = classify_failure(caught.value)
+    assert failure.transient and not failure.ambiguous
 
 
 def test_the_official_client_through_the_transport_against_the_emulator() -> None:
@@ -158,16 +189,33 @@ def test_the_official_client_through_the_transport_against_the_emulator() -> Non
     assert failure.transient and failure.ambiguous, error
 
 
+_URL = yarl.URL("http://127.0.0.1/v1/predictions")
+_REQUEST_INFO = aiohttp.RequestInfo(_URL, "POST", multidict.CIMultiDictProxy(multidict.CIMultiDict()), _URL)
+_CONNECTION_KEY = aiohttp.client_reqrep.ConnectionKey("127.0.0.1", 80, False, True, None, None, None)
+
+
 @pytest.mark.parametrize(
     ("raised", "expected", "ambiguous"),
     [
         (aiohttp.ConnectionTimeoutError("no connection in time"), httpx.ConnectTimeout, False),
+        (
+            aiohttp.ClientConnectorError(_CONNECTION_KEY, ConnectionRefusedError(111, "refused")),
+            httpx.ConnectError,
+            False,
+        ),
         (aiohttp.SocketTimeoutError("no answer in time"), httpx.ReadTimeout, True),
         (TimeoutError(), httpx.ReadTimeout, True),
         (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError, True),
         (aiohttp.ClientPayloadError("cut short"), httpx.RemoteProtocolError, True),
         (aiohttp.ClientOSError(104, "Connection reset by peer"), httpx.ReadError, True),
         (ConnectionResetError(104, "Connection reset by peer"), httpx.ReadError, True),
+        (aiohttp.ClientConnectionResetError("reset while sending"), httpx.ReadError, True),
+        (
+            aiohttp.ClientResponseError(_REQUEST_INFO, (), message="bad status line"),
+            httpx.RemoteProtocolError,
+            True,
+        ),
+        (aiohttp.ClientHttpProxyError(_REQUEST_INFO, (), status=403), httpx.ProxyError, True),
     ],
 )
 def test_each_aiohttp_error_keeps_whether_the_request_may_have_arrived(
