@@ -34,7 +34,7 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ai_pipeline.emulator import IMAGE_MODEL_VERSION, emulator_process  # noqa: E402
+from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, emulator_process  # noqa: E402
 from ai_pipeline.http_transport import pooled_async_transport  # noqa: E402
 from ai_pipeline.storage.fetch import FetchPolicy, fetch_output  # noqa: E402
 from bench.results import RESULTS, write_section  # noqa: E402
