@@ -13,11 +13,12 @@ from sqlalchemy.exc import OperationalError
 
 from ai_pipeline.catalogue import CatalogueError, load_catalogue, read_catalogue_file, upsert_models
 from ai_pipeline.credits import DEFAULT_CREDIT_TYPE, balance, grant
+from ai_pipeline.db.cancels import cancel_requests
 from ai_pipeline.db.engine import get_engine
 from ai_pipeline.db.migrate import upgrade_database
-from ai_pipeline.db.requests import cancel_requests
+from ai_pipeline.db.summaries import batch_summaries
 from ai_pipeline.db.urls import DatabaseUrlError
-from ai_pipeline.reporting import batch_summaries, format_summaries
+from ai_pipeline.reporting import format_summaries
 from ai_pipeline.settings import Settings
 
 # Mistakes a user can make: reported in one line with exit code 1, never as a traceback.

@@ -45,12 +45,13 @@ sys.path.insert(0, str(REPO))
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models  # noqa: E402
 from ai_pipeline.credits import grant  # noqa: E402
 from ai_pipeline.db.engine import engine_for_url, resolve_database_url  # noqa: E402
+from ai_pipeline.db.invariants import check_invariants  # noqa: E402
 from ai_pipeline.dev.demo import CATALOGUE  # noqa: E402
 from ai_pipeline.dev.local_stack import dagster_processes, local_stack  # noqa: E402
-from ai_pipeline.invariants import check_invariants  # noqa: E402
 from ai_pipeline.loading import load_file  # noqa: E402
 from ai_pipeline.settings import Settings  # noqa: E402
 from ai_pipeline.storage.client import create_s3_client  # noqa: E402
+from ai_pipeline.storage.uploads import object_check  # noqa: E402
 from bench.results import write_section  # noqa: E402
 
 SECTION = "## Pipeline end to end (real Dagster daemon)"
@@ -358,7 +359,7 @@ def run_scenario(scenario: Scenario, server_url: str) -> Outcome:
                 aws_secret_access_key="local",
             )
             with engine.connect() as conn:
-                report = check_invariants(conn, batch_id=batch, s3_client=s3)
+                report = check_invariants(conn, batch_id=batch, verify_object=object_check(s3))
             engine.dispose()
     creates = after["requests_by_kind"].get("create", 0) - before["requests_by_kind"].get("create", 0)
     creates_429 = after["responses_429"].get("create", 0) - before["responses_429"].get("create", 0)

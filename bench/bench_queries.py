@@ -21,7 +21,7 @@ from sqlalchemy import text
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ai_pipeline.db import requests as transitions  # noqa: E402
+from ai_pipeline.db import batches, claims  # noqa: E402
 from ai_pipeline.db.engine import engine_for_url  # noqa: E402
 from ai_pipeline.db.migrate import upgrade_database  # noqa: E402
 from ai_pipeline_tests.support.databases import fresh_database  # noqa: E402
@@ -69,12 +69,12 @@ def main() -> None:
 
         def due() -> None:
             with engine.connect() as conn:
-                found = transitions.due_batches(conn)
+                found = batches.due_batches(conn)
                 assert len(found) == 20, found
 
         def claim_and_release() -> None:
             with engine.connect() as conn, conn.begin() as tx:
-                claimed = transitions.claim_requests(conn, "batch-7", "bench", 100, 60)
+                claimed = claims.claim_requests(conn, "batch-7", "bench", 100, 60)
                 assert len(claimed) == 100
                 tx.rollback()  # leave the table as it was for the next sample
 

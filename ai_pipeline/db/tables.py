@@ -114,3 +114,11 @@ rate_limit_buckets = Table(
     Column("refill_per_second", Float, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+request_transitions = Table(
+    "request_transitions",
+    metadata,
+    Column("from_status", Text, primary_key=True),
+    Column("to_status", Text, primary_key=True),
+    Column("move", Text, nullable=False),
+)

@@ -21,13 +21,15 @@ from sqlalchemy import text
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
 from ai_pipeline.credits import grant
 from ai_pipeline.db.engine import engine_for_url
+from ai_pipeline.db.invariants import check_invariants
+from ai_pipeline.db.summaries import batch_summaries
 from ai_pipeline.dev.local_stack import LocalStack, dagster_processes, local_stack
-from ai_pipeline.invariants import check_invariants
 from ai_pipeline.loading import load_file
-from ai_pipeline.reporting import batch_summaries, format_summaries
+from ai_pipeline.reporting import format_summaries
 from ai_pipeline.settings import Settings
 from ai_pipeline.storage.client import create_s3_client
 from ai_pipeline.storage.keys import parse_s3_uri
+from ai_pipeline.storage.uploads import object_check
 
 CATALOGUE = Path(__file__).with_name("demo_data") / "emulator_models.yaml"
 DEMO_USERS = {"alice": 100, "bob": 100, "carol": 100, "poor-pete": 1}
@@ -169,7 +171,7 @@ def run_demo(timeout: float = 600.0) -> bool:
                 aws_access_key_id="local",
                 aws_secret_access_key="local",
             )
-            report = check_invariants(conn, batch_id=batch, s3_client=s3)
+            report = check_invariants(conn, batch_id=batch, verify_object=object_check(s3))
             reasons = conn.execute(
                 text(
                     "SELECT status, error, count(*) FROM generation_requests WHERE batch_id = :b"

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ai_pipeline.canonical import canonical_json
 from ai_pipeline.catalogue import ModelSpec
+from ai_pipeline.db.batches import BATCH_NAME_PATTERN
 from ai_pipeline.loading.errors import LoadError
 
-# Batch names become Dagster partition keys and S3 path parts; the `batches.id` CHECK says the same.
-BATCH_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}")
 MAX_PROMPT_CHARS = 10_000
 MAX_INPUT_BYTES = 64 * 1024
@@ -264,13 +264,10 @@ def _input_json(value: Any) -> str:
     return _canonical_json(value)
 
 
-_JSON_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def _canonical_json(obj: dict[str, Any]) -> str:
     """One spelling per object (sorted keys, no spaces), checked for what Postgres `jsonb` refuses."""
     try:
-        text = _JSON_ENCODER.encode(obj)
+        text = canonical_json(obj)
     except ValueError:
         raise Refusal(Reason.INVALID_INPUT_JSON, "input holds a number that is not finite") from None
     except (TypeError, RecursionError) as exc:

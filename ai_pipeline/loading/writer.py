@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_pipeline.db.statuses import RequestStatus
+from ai_pipeline.db.lifecycle import RequestStatus
 from ai_pipeline.loading.validation import AcceptedRow, Reason, Refusal
 
 STAGING_TABLE = "load_staging"

@@ -12,15 +12,15 @@ from dagster import (
     RetryPolicy,
     asset,
 )
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import batches, claims, recovery
 from ai_pipeline.db.engine import Database
+from ai_pipeline.db.summaries import BatchSummary, batch_summaries
+from ai_pipeline.db.transactions import run_in_transaction
 from ai_pipeline.orchestration.partitions import batch_partitions
 from ai_pipeline.orchestration.resources import OutputsS3Resource, Replicate
 from ai_pipeline.processing import BatchRunner
-from ai_pipeline.processing.database import run_in_transaction
-from ai_pipeline.reporting import BatchSummary, batch_summaries
 from ai_pipeline.settings import Settings
 from ai_pipeline.storage.keys import batch_key_prefix
 from ai_pipeline.storage.manifest import write_manifest
@@ -28,11 +28,6 @@ from ai_pipeline.storage.manifest import write_manifest
 # Tag the sensor puts on the runs it launches; a run without it was launched by a person (the UI,
 # a backfill), and then the batch's failed requests are reprocessed too.
 LAUNCHED_BY_TAG = "ai_pipeline/launched_by"
-
-_MANIFEST_SQL = text(
-    "SELECT id AS request_id, external_id, user_id, model, status, output_uris, error, credits_charged,"
-    " predict_time, completed_at FROM generation_requests WHERE batch_id = :batch ORDER BY id"
-)
 
 
 def run_owner(run_id: str, retry_number: int) -> str:
@@ -43,14 +38,14 @@ def run_owner(run_id: str, retry_number: int) -> str:
 def _take_over(conn: Connection, run_id: str, batch_id: str, *, reprocess_failures: bool) -> tuple[int, int]:
     """A previous attempt of this step died: what it held is ours to resume now. A run a person launched
     (not the sensor) also reprocesses the batch's failures as new requests."""
-    released = transitions.release_run(conn, run_id, "previous attempt of the run failed")
-    requeued = transitions.requeue_failed(conn, batch_id, only_retryable=False) if reprocess_failures else 0
+    released = claims.release_run(conn, run_id, "previous attempt of the run failed")
+    requeued = recovery.requeue_failed(conn, batch_id, only_retryable=False) if reprocess_failures else 0
     return released, requeued
 
 
 def _batch_report(conn: Connection, batch_id: str) -> tuple[BatchSummary | None, list[dict[str, Any]]]:
     (summary,) = batch_summaries(conn, batch_id) or [None]
-    return summary, [dict(row._mapping) for row in conn.execute(_MANIFEST_SQL, {"batch": batch_id})]
+    return summary, batches.manifest_rows(conn, batch_id)
 
 
 @asset(

@@ -2,10 +2,10 @@
 
 from dagster import AssetSelection, HookContext, define_asset_job, failure_hook, in_process_executor
 
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import claims
+from ai_pipeline.db.transactions import run_in_transaction
 from ai_pipeline.orchestration.assets import batch_generations
 from ai_pipeline.orchestration.partitions import batch_partitions
-from ai_pipeline.processing.database import run_in_transaction
 
 PROCESS_BATCH_JOB = "process_batch"
 
@@ -18,7 +18,7 @@ def release_held_requests(context: HookContext) -> None:
     """
     released = run_in_transaction(
         context.resources.database.engine(),
-        transitions.release_run,
+        claims.release_run,
         context.run_id,
         "run failed; request released for retry",
     )

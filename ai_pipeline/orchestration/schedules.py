@@ -8,21 +8,14 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import recovery
 from ai_pipeline.db.engine import Database
+from ai_pipeline.db.transactions import run_in_transaction
 from ai_pipeline.orchestration.assets import LAUNCHED_BY_TAG
 from ai_pipeline.orchestration.jobs import process_batch_job
-from ai_pipeline.processing.database import run_in_transaction
 from ai_pipeline.settings import Settings
-
-_BATCHES_WITH_RETRYABLE_FAILURES = text(
-    "SELECT DISTINCT batch_id FROM generation_requests f WHERE status = 'failed' AND retryable"
-    " AND retry_of IS NULL AND batch_id IS NOT NULL"
-    " AND completed_at <= now() - make_interval(secs => :age)"
-    " AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)"
-)
 
 
 def build_retry_schedule(settings: Settings) -> ScheduleDefinition:
@@ -54,9 +47,9 @@ def build_retry_schedule(settings: Settings) -> ScheduleDefinition:
 
 
 def _requeue_retryable_failures(conn: Connection, age: float) -> dict[str, int]:
-    batches = list(conn.execute(_BATCHES_WITH_RETRYABLE_FAILURES, {"age": age}).scalars())
+    batches = recovery.batches_with_retryable_failures(conn, age)
     return {
-        b: transitions.requeue_failed(
+        b: recovery.requeue_failed(
             conn, b, only_retryable=True, originals_only=True, failed_before_seconds=age
         )
         for b in batches

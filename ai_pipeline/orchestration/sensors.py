@@ -10,7 +10,6 @@ is work to launch, and then it is built once per code server process, not once p
 
 import json
 import threading
-from datetime import UTC, datetime
 
 from dagster import (
     DagsterInstance,
@@ -30,14 +29,14 @@ from dagster import (
 )
 from sqlalchemy import Connection
 
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import batches, claims
 from ai_pipeline.db.engine import Database
+from ai_pipeline.db.transactions import run_in_transaction
 from ai_pipeline.orchestration.assets import LAUNCHED_BY_TAG
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
 from ai_pipeline.orchestration.partitions import BATCHES, batch_partitions
-from ai_pipeline.processing.database import run_in_transaction
+from ai_pipeline.processing.sweeper import SweepPolicy, replicate_canceler, sweep
 from ai_pipeline.settings import Settings
-from ai_pipeline.sweeper import SweepPolicy, replicate_canceler, sweep
 
 ACTIVE_RUN_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -47,11 +46,6 @@ ACTIVE_RUN_STATUSES = [
 ]
 # A tick launches at most this many runs: Dagster takes seconds per hundred run requests.
 MAX_RUNS_PER_TICK = 100
-
-
-def rolling_batch_name(now: datetime | None = None) -> str:
-    """The batch that collects requests an application wrote one at a time (one per UTC day)."""
-    return f"live-{(now or datetime.now(UTC)):%Y%m%d}"
 
 
 _instances: dict[str, DagsterInstance] = {}
@@ -129,7 +123,7 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
 
     def release(context: RunStatusSensorContext, why: str) -> None:
         run = context.dagster_run
-        released = run_in_transaction(database.engine(), transitions.release_run, run.run_id, why)
+        released = run_in_transaction(database.engine(), claims.release_run, run.run_id, why)
         if released:
             context.log.info(f"released {released} request(s) held by run {run.run_id}")
 
@@ -178,8 +172,8 @@ def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str]]:
 
     (Expired leases are the sweeper's: it releases them, or gives up on requests out of attempts.)
     """
-    refused = transitions.reject_invalid_batch_names(conn)
-    rolled = transitions.assign_rolling_batch(conn, rolling_batch_name())
-    due = transitions.due_batches(conn)
-    transitions.ensure_batches(conn, due)
+    refused = batches.reject_invalid_batch_names(conn)
+    rolled = batches.assign_rolling_batch(conn, batches.rolling_batch_name())
+    due = batches.due_batches(conn)
+    batches.ensure_batches(conn, due)
     return refused, rolled, due

@@ -14,8 +14,6 @@ after every prediction since the intent was seen, because "not found" leads to a
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,8 +23,10 @@ from typing import Any
 import replicate
 from replicate.prediction import Prediction
 
+from ai_pipeline.canonical import canonical_json
 from ai_pipeline.catalogue import ModelSpec
 from ai_pipeline.replicate.errors import classify_failure
+from ai_pipeline.retry import Backoff, retry_async
 
 # Replicate's clock and ours differ a little: list a bit further back than the recorded intent.
 CLOCK_SLACK = timedelta(seconds=10)
@@ -50,11 +50,7 @@ class Lookup:
 
     @property
     def canonical_input(self) -> str:
-        return canonical(self.model_input)
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.model_input)
 
 
 def _matches(prediction: Prediction, lookup: Lookup) -> bool:
@@ -94,7 +90,7 @@ async def scan(
                 break
             if prediction.input is None:
                 continue
-            key = canonical(prediction.input)
+            key = canonical_json(prediction.input)
             if key in by_input:
                 seen[key].append(prediction)
         if reached_horizon or not page.next:
@@ -126,19 +122,20 @@ def _assign(
     return answers
 
 
-def client_pages(client: replicate.Client, attempts: int = 5) -> ListPage:
-    """`list_page` for the official client. A page is a read, so transient trouble is tried again right
-    here: retrying the whole listing instead would rarely get through many pages while calls fail."""
+# A listing page is a read: tried again right where it failed, five times, 0.1 s growing to 2 s apart
+# (retrying the whole listing instead would rarely get through many pages while calls fail).
+PAGE_RETRIES = Backoff(attempts=5, base_seconds=0.1, max_seconds=2.0)
+
+
+def client_pages(client: replicate.Client) -> ListPage:
+    """`list_page` for the official client, each page retried on transient trouble."""
 
     async def list_page(cursor: str | None) -> Any:
-        for attempt in range(attempts):
-            try:
-                return await client.predictions.async_list(cursor if cursor is not None else ...)
-            except Exception as exc:
-                if not classify_failure(exc).transient or attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")
+        return await retry_async(
+            lambda: client.predictions.async_list(cursor if cursor is not None else ...),
+            PAGE_RETRIES,
+            retry_if=lambda exc: classify_failure(exc).transient,
+        )
 
     return list_page
 

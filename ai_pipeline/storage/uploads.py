@@ -8,7 +8,9 @@ on HEAD, so `verify_object` works even where checksums are not kept.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,3 +84,8 @@ def verify_object(s3_client: Any, uri: str, sha256_hex: str, *, require_checksum
     if not checksum or "-" in checksum:
         return not require_checksum
     return base64.b64decode(checksum).hex() == expected
+
+
+def object_check(s3_client: Any) -> Callable[[str, str], bool]:
+    """`verify_object` on this client, as the invariant checker takes it: `(uri, sha256) -> bool`."""
+    return functools.partial(verify_object, s3_client)

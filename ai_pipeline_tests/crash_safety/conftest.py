@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, text
 
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import settling
 from ai_pipeline_tests.support.harness_fixtures import (  # noqa: F401
     _fresh_emulator,
     harness,
@@ -27,4 +27,4 @@ def _leave_no_open_request(engine: Engine, unique: str) -> Iterator[None]:
             {"pattern": f"%-{unique}"},
         ).scalars()
         for request_id in list(left_open):
-            transitions.mark_canceled(conn, request_id, None, "test over")
+            settling.mark_canceled(conn, request_id, None, "test over")

@@ -13,12 +13,12 @@ from typing import Any, Literal
 import replicate
 from sqlalchemy import Engine, text
 
+from ai_pipeline.canonical import canonical_json
 from ai_pipeline.catalogue import load_catalogue
 from ai_pipeline.credits import Charge, LedgerEntry
-from ai_pipeline.db import requests as transitions
-from ai_pipeline.db.requests import ClaimedRequest
-from ai_pipeline.dev.emulator.stats import canonical_json
-from ai_pipeline.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
+from ai_pipeline.db import claims, settling
+from ai_pipeline.db.claims import ClaimedRequest
+from ai_pipeline.processing.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
 from ai_pipeline_tests.support.pipeline import TEST_TOKEN, PipelineHarness
 
 
@@ -30,13 +30,13 @@ class DeadRun:
 
     def claim(self, batch_id: str, limit: int = 100, lease_seconds: int = 60) -> list[ClaimedRequest]:
         with self.engine.begin() as conn:
-            return transitions.claim_requests(conn, batch_id, self.owner, limit, lease_seconds)
+            return claims.claim_requests(conn, batch_id, self.owner, limit, lease_seconds)
 
     def charge(self, request: ClaimedRequest) -> None:
         with self.engine.begin() as conn:
             spec = load_catalogue(conn)[request.model]
             charge = Charge(request.id, request.user_id, spec.credit_type, spec.credits_per_run)
-            entry = transitions.charge_and_mark_intent(conn, request.id, self.owner, charge, 60)
+            entry = settling.charge_and_mark_intent(conn, request.id, self.owner, charge, 60)
         assert isinstance(entry, LedgerEntry)
 
     def create(self, request: ClaimedRequest) -> str:
@@ -47,7 +47,7 @@ class DeadRun:
 
     def record(self, request: ClaimedRequest, prediction_id: str) -> None:
         with self.engine.begin() as conn:
-            assert transitions.record_prediction(conn, request.id, self.owner, prediction_id)
+            assert settling.record_prediction(conn, request.id, self.owner, prediction_id)
 
     def die(self) -> None:
         """The worker is gone: nobody renews its leases, and they run out."""

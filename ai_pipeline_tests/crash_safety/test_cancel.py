@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from ai_pipeline.cli import main
 from ai_pipeline.credits import balance, grant
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import recovery, settling
 from ai_pipeline_tests.crash_safety.crashes import DeadRun, batch_statuses, request_row, sweep_once
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
@@ -169,7 +169,7 @@ def test_a_run_that_claims_a_request_asked_to_cancel_stops_it_instead_of_resumin
     batch, _, (request_id,) = _batch(engine, unique, 1)
     _, prediction_id = DeadRun(engine, replicate_client, f"dead-{unique}").die_after(batch, "record")
     with engine.begin() as conn:
-        transitions.settle_expired_leases(conn, max_attempts=5)
+        recovery.settle_expired_leases(conn, max_attempts=5)
     cancel("--request", str(request_id))
 
     harness.run_batch(batch)
@@ -184,7 +184,7 @@ def test_failures_of_a_canceled_batch_are_not_retried(
 ) -> None:
     batch, _, (request_id,) = _batch(engine, unique, 1)
     with engine.begin() as conn:
-        transitions.mark_failed(conn, request_id, None, "model failed: CUDA out of memory", retryable=True)
+        settling.mark_failed(conn, request_id, None, "model failed: CUDA out of memory", retryable=True)
 
     result = cancel("--batch", batch)
     sweep_once(harness, retry_backoff_seconds=0)

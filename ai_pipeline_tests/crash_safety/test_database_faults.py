@@ -13,9 +13,10 @@ from dagster import SensorResult
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from ai_pipeline.credits import grant
-from ai_pipeline.db import requests as transitions
-from ai_pipeline.invariants import check_invariants
-from ai_pipeline.processing.database import TransactionRunner, run_in_transaction
+from ai_pipeline.db import batches, claims
+from ai_pipeline.db.invariants import check_invariants
+from ai_pipeline.db.transactions import TransactionRunner, run_in_transaction
+from ai_pipeline.storage.uploads import object_check
 from ai_pipeline_tests.crash_safety.crashes import batch_statuses, request_row
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
@@ -62,7 +63,7 @@ def test_a_transaction_whose_connection_drops_runs_again_and_applies_once(
     calls = []
 
     def claim_then_lose_the_connection_once(conn: Connection) -> list[Any]:
-        claimed = transitions.claim_requests(conn, batch, f"run-{unique}", 10, 60)
+        claimed = claims.claim_requests(conn, batch, f"run-{unique}", 10, 60)
         calls.append(len(claimed))
         if len(calls) == 1:
             _terminate_own_backend(conn)  # the claim above rolls back with it
@@ -114,7 +115,7 @@ def test_a_run_finishes_its_batch_while_its_database_connections_are_terminated(
     assert run.success
     assert batch_statuses(engine, batch) == {"succeeded": 40}
     with engine.connect() as conn:
-        report = check_invariants(conn, batch_id=batch, s3_client=harness.s3)
+        report = check_invariants(conn, batch_id=batch, verify_object=object_check(harness.s3))
     assert report.ok, report.summary()
     assert harness.emulator.stats()["creates_by_input"]["duplicate_creates"] == 0
 
@@ -126,7 +127,7 @@ def test_the_batch_sensor_tick_survives_a_connection_dropped_mid_transaction(
     with engine.begin() as conn:
         grant(conn, user, 5)
         insert_request(conn, user, model="emulator/image", batch_id=batch)
-    real_due_batches = transitions.due_batches
+    real_due_batches = batches.due_batches
     calls = []
 
     def due_batches_losing_the_connection_once(conn: Connection) -> list[str]:
@@ -135,7 +136,7 @@ def test_the_batch_sensor_tick_survives_a_connection_dropped_mid_transaction(
             _terminate_own_backend(conn)
         return real_due_batches(conn)
 
-    monkeypatch.setattr(transitions, "due_batches", due_batches_losing_the_connection_once)
+    monkeypatch.setattr(batches, "due_batches", due_batches_losing_the_connection_once)
 
     result = harness.tick()
 

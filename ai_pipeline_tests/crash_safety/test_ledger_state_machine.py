@@ -31,12 +31,13 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import Connection, Engine, text
 
+from ai_pipeline.canonical import canonical_json
 from ai_pipeline.credits import Charge, InsufficientCredits, grant
-from ai_pipeline.db import requests as transitions
-from ai_pipeline.db.requests import ClaimedRequest, NotHeld
-from ai_pipeline.dev.emulator.stats import canonical_json
-from ai_pipeline.invariants import check_invariants
-from ai_pipeline.sweeper import SweepPolicy, sweep
+from ai_pipeline.db import cancels, claims, settling
+from ai_pipeline.db.claims import ClaimedRequest
+from ai_pipeline.db.invariants import check_invariants
+from ai_pipeline.db.settling import NotHeld
+from ai_pipeline.processing.sweeper import SweepPolicy, sweep
 from ai_pipeline_tests.crash_safety.crashes import expire_leases
 from ai_pipeline_tests.support.factories import ensure_test_model, insert_request
 
@@ -154,7 +155,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
     @rule(name=st.sampled_from(WORKERS), limit=st.integers(1, 3))
     def claim(self, name: str, limit: int) -> None:
         worker = self.workers[name]
-        for request in self._tx(transitions.claim_requests, self.batch, worker.owner, limit, 600):
+        for request in self._tx(claims.claim_requests, self.batch, worker.owner, limit, 600):
             worker.held[request.id] = Held(request)
 
     @rule(name=st.sampled_from(WORKERS), index=st.integers(0, 5), answer_lost=st.booleans())
@@ -201,10 +202,10 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
         if request.cancel_requested_at is not None:
             if request.prediction_id:
                 self.replicate.cancel(request.prediction_id)
-            self._tx(transitions.mark_canceled, request.id, worker.owner, "canceled on request")
+            self._tx(settling.mark_canceled, request.id, worker.owner, "canceled on request")
             self._drop(worker, held)
         elif request.attempts > MAX_ATTEMPTS:
-            self._tx(transitions.mark_failed, request.id, worker.owner, "gave up", retryable=True)
+            self._tx(settling.mark_failed, request.id, worker.owner, "gave up", retryable=True)
             self._drop(worker, held)
         elif request.prediction_id:
             held.phase, held.prediction_id = "created", request.prediction_id
@@ -220,7 +221,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
         found = self.replicate.find_unrecorded(held.request.input, owned)
         if found is None:
             held.phase = "ready"
-        elif self._tx(transitions.record_prediction, held.request.id, worker.owner, found):
+        elif self._tx(settling.record_prediction, held.request.id, worker.owner, found):
             held.phase, held.prediction_id = "created", found
         else:
             self._drop(worker, held)
@@ -229,7 +230,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
         request = held.request
         try:
             result = self._tx(
-                transitions.charge_and_mark_intent,
+                settling.charge_and_mark_intent,
                 request.id,
                 worker.owner,
                 Charge(request.id, request.user_id, "image_generation", 1),
@@ -239,7 +240,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
             self._drop(worker, held)
             return
         if isinstance(result, InsufficientCredits):
-            self._tx(transitions.mark_rejected, request.id, worker.owner, result.reason)
+            self._tx(settling.mark_rejected, request.id, worker.owner, result.reason)
             self._drop(worker, held)
         else:
             held.phase = "charged"
@@ -250,7 +251,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
         prediction_id = self.replicate.create(held.request.id, held.request.input)
         if answer_lost:
             held.phase = "answer_lost"  # the create happened; its answer never arrived
-        elif self._tx(transitions.record_prediction, held.request.id, worker.owner, prediction_id):
+        elif self._tx(settling.record_prediction, held.request.id, worker.owner, prediction_id):
             held.phase, held.prediction_id = "created", prediction_id
         else:
             self._drop(worker, held)
@@ -261,11 +262,11 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
         request_id, owner = held.request.id, worker.owner
         if status == "succeeded":
             output = {"uri": f"s3://fake/{held.prediction_id}.png", **FAKE_OUTPUT}
-            self._tx(transitions.mark_succeeded, request_id, owner, [output], 1.0)
+            self._tx(settling.mark_succeeded, request_id, owner, [output], 1.0)
         elif status == "failed":
-            self._tx(transitions.mark_failed, request_id, owner, "model failed", retryable=retryable)
+            self._tx(settling.mark_failed, request_id, owner, "model failed", retryable=retryable)
         elif status == "canceled":
-            self._tx(transitions.mark_canceled, request_id, owner, "prediction was canceled at Replicate")
+            self._tx(settling.mark_canceled, request_id, owner, "prediction was canceled at Replicate")
         else:
             return  # still running: poll again later
         self._drop(worker, held)
@@ -273,9 +274,9 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
     def _hand_back(self, worker: Worker, held: Held) -> None:
         """Transient trouble: back to pending (keeping debit and prediction), or out of attempts."""
         if held.request.attempts >= MAX_ATTEMPTS:
-            self._tx(transitions.mark_failed, held.request.id, worker.owner, "gave up", retryable=True)
+            self._tx(settling.mark_failed, held.request.id, worker.owner, "gave up", retryable=True)
         else:
-            self._tx(transitions.release, held.request.id, worker.owner, "Replicate 503", 0.0)
+            self._tx(settling.release, held.request.id, worker.owner, "Replicate 503", 0.0)
         self._drop(worker, held)
 
     # ------------------------------------------------------- crashes, Replicate, users, the sweeper
@@ -302,7 +303,7 @@ class RequestsUnderCrashes(RuleBasedStateMachine):
                     {"b": self.batch},
                 ).scalars()
             )
-        self._tx(transitions.cancel_requests, request_id=ids[index % len(ids)])
+        self._tx(cancels.cancel_requests, request_id=ids[index % len(ids)])
 
     @rule()
     def sweeper_runs(self) -> None:

@@ -8,7 +8,7 @@ import replicate
 from sqlalchemy import Engine
 
 from ai_pipeline.credits import balance, grant
-from ai_pipeline.db import requests as transitions
+from ai_pipeline.db import claims
 from ai_pipeline_tests.crash_safety.crashes import DeadRun, creates_of, request_row, sweep_once
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
@@ -113,7 +113,7 @@ def test_a_live_lease_is_left_to_the_run_that_holds_it(
 
     row = request_row(engine, request_id)
     with engine.begin() as conn:
-        transitions.release_run(conn, f"slow-{unique}", "test over")  # leave no lease to expire later
+        claims.release_run(conn, f"slow-{unique}", "test over")  # leave no lease to expire later
     assert row.status == "processing" and row.lease_owner == f"slow-{unique}"
 
 

@@ -9,8 +9,8 @@ import replicate
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import balance, grant
-from ai_pipeline.db import requests as transitions
-from ai_pipeline.invariants import check_invariants
+from ai_pipeline.db import settling
+from ai_pipeline.db.invariants import check_invariants
 from ai_pipeline_tests.crash_safety.crashes import DeadRun, request_row, sweep_once
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
@@ -32,7 +32,7 @@ def _requests(engine: Engine, unique: str, count: int, credits: int = 20) -> tup
 def _failed(engine: Engine, request_id: int, *, retryable: bool, seconds_ago: float) -> None:
     """End a request `failed` (refunded) as a run would have, `seconds_ago`."""
     with engine.begin() as conn:
-        assert transitions.mark_failed(
+        assert settling.mark_failed(
             conn, request_id, None, "model failed: CUDA out of memory", retryable=retryable
         )
         conn.execute(

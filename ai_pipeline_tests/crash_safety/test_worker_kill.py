@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import grant
-from ai_pipeline.invariants import check_invariants
+from ai_pipeline.db.invariants import check_invariants
+from ai_pipeline.storage.uploads import object_check
 from ai_pipeline_tests.crash_safety.crashes import batch_statuses, creates_of, sweep_once
 from ai_pipeline_tests.support.databases import REPO_ROOT
 from ai_pipeline_tests.support.factories import insert_request
@@ -89,7 +90,7 @@ def test_a_worker_killed_mid_batch_leaves_nothing_open_nor_charged_twice_nor_pre
 
     assert set(batch_statuses(engine, batch)) == {"succeeded"}
     with engine.connect() as conn:
-        report = check_invariants(conn, batch_id=batch, s3_client=harness.s3)
+        report = check_invariants(conn, batch_id=batch, verify_object=object_check(harness.s3))
         final = dict(
             conn.execute(
                 text("SELECT id, prediction_id FROM generation_requests WHERE id = ANY(:ids)"),

@@ -9,7 +9,8 @@ from dagster import DagsterRunStatus
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import balance, grant
-from ai_pipeline.invariants import check_invariants
+from ai_pipeline.db.invariants import check_invariants
+from ai_pipeline.storage.uploads import object_check
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
 
@@ -91,7 +92,7 @@ def test_mixed_batch_ends_terminal_with_money_and_outputs_consistent(
     assert rows[f"{batch}:text-0"].output_uris[0].endswith(".txt")
     assert sorted(u.rsplit(".", 1)[1] for u in rows[f"{batch}:caption-0"].output_uris) == ["json", "png"]
     with engine.connect() as conn:
-        report = check_invariants(conn, batch_id=batch, s3_client=harness.s3)
+        report = check_invariants(conn, batch_id=batch, verify_object=object_check(harness.s3))
         assert report.ok, report.summary()
         assert report.checked_objects >= 4 + 8 + 4 + 4 + 8 + 1
         # 4 images + 8 images + 4 deployments + 1 poor image at 1 credit, 4 captions at 1, nsfw/oom refunded

@@ -7,14 +7,9 @@ import asyncio
 import pytest
 from sqlalchemy import Engine, event
 
-from ai_pipeline.processing.database import TransactionRunner
-from ai_pipeline.replicate.rate_limit import (
-    BucketConfig,
-    SharedCreateLimiter,
-    ensure_bucket,
-    penalise,
-    reserve,
-)
+from ai_pipeline.db.rate_limits import BucketConfig, ensure_bucket, penalise, reserve
+from ai_pipeline.db.transactions import TransactionRunner
+from ai_pipeline.replicate.rate_limit import SharedCreateLimiter
 
 
 def _bucket(engine: Engine, unique: str, per_minute: float, burst: float) -> BucketConfig:

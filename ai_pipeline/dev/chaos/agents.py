@@ -16,7 +16,7 @@ import psutil
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import Engine, text
 
-from ai_pipeline.db.requests import cancel_requests
+from ai_pipeline.db.cancels import cancel_requests
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from ai_pipeline.dev.emulator.stats import canonical_json
+from ai_pipeline.canonical import canonical_json
 
 
 @dataclass(frozen=True)

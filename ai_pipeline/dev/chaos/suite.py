@@ -24,15 +24,16 @@ from sqlalchemy.engine import make_url
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
 from ai_pipeline.credits import grant
 from ai_pipeline.db.engine import resolve_database_url
+from ai_pipeline.db.invariants import InvariantReport, check_invariants
 from ai_pipeline.dev.chaos.agents import BackendTerminator, EmulatorWindow, RequestCanceler, WorkerKiller
 from ai_pipeline.dev.chaos.figures import ChaosFigures, count_outcomes, duplicate_predictions, failed_calls
 from ai_pipeline.dev.chaos.scenario import EMULATOR_LIMITS, MODELS, NO_FAULTS, STORM_LIMITS, ChaosScenario
 from ai_pipeline.dev.demo import CATALOGUE
 from ai_pipeline.dev.local_stack import LocalStack, dagster_processes, local_stack
-from ai_pipeline.invariants import InvariantReport, check_invariants
 from ai_pipeline.loading import load_file
 from ai_pipeline.settings import Settings, temporary_environment
 from ai_pipeline.storage.client import create_s3_client
+from ai_pipeline.storage.uploads import object_check
 
 log = logging.getLogger(__name__)
 RICH_USERS = ("chaos-ada", "chaos-bo", "chaos-cy")
@@ -245,7 +246,7 @@ def _judge(
     with engine.connect() as conn:
         outcomes = count_outcomes(conn, batches, scenario.requests)
         duplicates = duplicate_predictions(conn, batches, stats["creates_by_input"]["per_input"])
-        invariants = check_invariants(conn, s3_client=s3)
+        invariants = check_invariants(conn, verify_object=object_check(s3))
     calls, failed = failed_calls(fault_phase_stats)  # the share while faults were on
     by_name = {agent.name: agent for agent in agents}
     figures = ChaosFigures(

@@ -7,10 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def canonical_json(value: Any) -> str:
-    """The canonical JSON of a value (sorted keys, no spaces): equal inputs give equal strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+from ai_pipeline.canonical import canonical_json
 
 
 @dataclass

@@ -26,9 +26,9 @@ import httpx
 import replicate
 from sqlalchemy import Engine
 
-from ai_pipeline.db import requests as transitions
-from ai_pipeline.db.statuses import RequestStatus
-from ai_pipeline.processing.database import run_in_transaction
+from ai_pipeline.db import cancels, recovery
+from ai_pipeline.db.lifecycle import RequestStatus
+from ai_pipeline.db.transactions import run_in_transaction
 from ai_pipeline.replicate.errors import classify_failure
 from ai_pipeline.settings import Settings
 
@@ -112,7 +112,7 @@ def sweep(engine: Engine, cancel_at_replicate: CancelAtReplicate, policy: SweepP
     """One sweep (see the module docstring); returns what it did."""
     report = SweepReport()
 
-    expired = run_in_transaction(engine, transitions.settle_expired_leases, policy.max_attempts, policy.limit)
+    expired = run_in_transaction(engine, recovery.settle_expired_leases, policy.max_attempts, policy.limit)
     report.leases_released = expired.released
     report.gave_up = len(expired.gave_up)
     for request in expired.gave_up:
@@ -120,17 +120,17 @@ def sweep(engine: Engine, cancel_at_replicate: CancelAtReplicate, policy: SweepP
             # Already failed and refunded; stopping the prediction only saves what it would still cost.
             _cancel(cancel_at_replicate, request, report)
 
-    for request in run_in_transaction(engine, transitions.requests_to_cancel, policy.cancel_limit):
+    for request in run_in_transaction(engine, cancels.requests_to_cancel, policy.cancel_limit):
         if request.prediction_id is None and request.status is RequestStatus.PROCESSING:
             continue  # its run is creating the prediction: cancel that once its id is stored
         if request.prediction_id and not _cancel(cancel_at_replicate, request, report):
             continue  # not stopped at Replicate yet: keep the request open, try again next sweep
-        if run_in_transaction(engine, transitions.finish_canceled, request.id):
+        if run_in_transaction(engine, cancels.finish_canceled, request.id):
             report.canceled += 1
 
     report.retries_queued = run_in_transaction(
         engine,
-        transitions.requeue_due_failures,
+        recovery.requeue_due_failures,
         backoff_seconds=policy.retry_backoff_seconds,
         lookback_seconds=policy.retry_lookback_seconds,
         limit=policy.limit,
@@ -139,7 +139,7 @@ def sweep(engine: Engine, cancel_at_replicate: CancelAtReplicate, policy: SweepP
 
 
 def _cancel(
-    cancel_at_replicate: CancelAtReplicate, request: transitions.OpenRequest, report: SweepReport
+    cancel_at_replicate: CancelAtReplicate, request: cancels.OpenRequest, report: SweepReport
 ) -> bool:
     assert request.prediction_id is not None
     try:

@@ -1,4 +1,10 @@
-"""Running short database transactions from asyncio code without blocking the event loop."""
+"""Running the transitions: each in a transaction of its own, again on a fresh connection if it dropped.
+
+A transaction whose connection dropped (a restarted server, a terminated backend) rolled back as a
+whole, and every state change in `db/` is a compare-and-set on the request's own row, so running it
+again is safe. `run_in_transaction` is for blocking callers (the CLI, sensors, the sweeper);
+`TransactionRunner` runs them for asyncio code (a run) on a small thread pool.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -16,42 +20,48 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from ai_pipeline.retry import Backoff, retry_sync
+
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
+# Tries of one transaction whose connection keeps dropping: 0.1 s growing to 5 s apart.
+RECONNECT = Backoff(attempts=6, base_seconds=0.1, max_seconds=5.0)
 
-def run_in_transaction(
-    engine: Engine, fn: Callable[..., T], *args: Any, reconnect_attempts: int = 5, **kwargs: Any
+
+def one_statement(fn: F) -> F:
+    """Mark a transition that sends exactly one SQL statement, so it is atomic on its own and may run
+    outside a transaction (`TransactionRunner.statement`, which saves a run the BEGIN and COMMIT round
+    trips on its hottest writes). A test holds every marked transition to it."""
+    fn.one_statement = True  # type: ignore[attr-defined]
+    return fn
+
+
+def connection_lost(exc: Exception) -> bool:
+    """Whether `exc` says the connection dropped (the transaction rolled back whole)."""
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _again_on_lost_connection(
+    once: Callable[[], T], fn: Callable[..., Any], on_lost: Callable[[], None] | None = None
 ) -> T:
-    """Run `fn(conn, *args, **kwargs)` in a transaction, again on a fresh connection if it dropped.
+    def before_retry(exc: Exception) -> None:
+        log.warning("database connection lost in %s; trying again", fn.__name__)
+        if on_lost is not None:
+            on_lost()
 
-    A transaction whose connection dropped (a restarted server, a terminated backend) rolled back as a
-    whole; every state change in it is a compare-and-set, so running it again is safe.
-    """
+    return retry_sync(once, RECONNECT, retry_if=connection_lost, before_retry=before_retry)
+
+
+def run_in_transaction(engine: Engine, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn(conn, *args, **kwargs)` in a transaction, again on a fresh connection if it dropped."""
 
     def once() -> T:
         with engine.begin() as conn:
             return fn(conn, *args, **kwargs)
 
-    return _again_on_lost_connection(once, fn, reconnect_attempts)
-
-
-def _again_on_lost_connection(
-    once: Callable[[], T], fn: Callable[..., Any], attempts: int, on_lost: Callable[[], None] | None = None
-) -> T:
-    """`once()`, run again (after `on_lost()` and a short backoff) while it fails on a dropped connection."""
-    for attempt in range(attempts + 1):
-        try:
-            return once()
-        except DBAPIError as exc:
-            if not exc.connection_invalidated or attempt == attempts:
-                raise
-            if on_lost is not None:
-                on_lost()
-            delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
-            log.warning("database connection lost in %s; retrying in %.2fs", fn.__name__, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    return _again_on_lost_connection(once, fn)
 
 
 class TransactionRunner:
@@ -59,34 +69,29 @@ class TransactionRunner:
 
     Each worker thread keeps its connections (one for transactions, one for single statements) for the
     runner's life: a run makes a few database calls per request, and checking a connection out of the
-    pool and back for each costs about as much CPU as the statements themselves. A transaction that
-    fails because its connection dropped (a restarted server, a terminated backend) is run again on a
-    fresh connection: it rolled back as a whole, and every state change it makes is a compare-and-set,
-    so running it again is safe.
+    pool and back for each costs about as much CPU as the statements themselves. A dropped connection is
+    replaced and the call run again (see the module docstring).
     """
 
-    def __init__(self, engine: Engine, *, threads: int = 4, reconnect_attempts: int = 5) -> None:
+    def __init__(self, engine: Engine, *, threads: int = 4) -> None:
         self.engine = engine
-        self.reconnect_attempts = reconnect_attempts
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
         self._local = threading.local()
         self._connections: set[Connection] = set()
         self._lock = threading.Lock()
 
     def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn(conn, *args, **kwargs)` in a transaction on this thread's connection, again on a fresh
-        connection if it dropped."""
+        """Run `fn(conn, *args, **kwargs)` in a transaction on this thread's connection."""
 
         def once() -> T:
             conn = self._thread_connection()
             with conn.begin():
                 return fn(conn, *args, **kwargs)
 
-        return _again_on_lost_connection(once, fn, self.reconnect_attempts, self._drop_thread_connection)
+        return _again_on_lost_connection(once, fn, self._drop_thread_connection)
 
     def statement_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn(conn, *args, **kwargs)`, a transition marked `one_statement`, outside a transaction,
-        again on a fresh connection if it dropped.
+        """Run `fn(conn, *args, **kwargs)`, a transition marked `one_statement`, outside a transaction.
 
         One statement is atomic on its own; without BEGIN and COMMIT it is one round trip, not three.
         """
@@ -97,13 +102,11 @@ class TransactionRunner:
             return fn(self._thread_connection(autocommit=True), *args, **kwargs)
 
         return _again_on_lost_connection(
-            once,
-            fn,
-            self.reconnect_attempts,
-            functools.partial(self._drop_thread_connection, autocommit=True),
+            once, fn, functools.partial(self._drop_thread_connection, autocommit=True)
         )
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`run_sync` on the thread pool."""
         call = functools.partial(self.run_sync, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 

@@ -1,18 +1,24 @@
-"""The invariants of DESIGN.md, checked against the database (and S3): tests, the demo and chaos runs.
+"""The invariants of the design (README, "When things break"), checked against the database and, given a
+way to look at stored objects, S3: by tests, the demo and chaos runs.
 
 Each check returns human-readable violations; an empty list means the invariant holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
 
-from ai_pipeline.storage.uploads import verify_object
+from ai_pipeline.db.lifecycle import OPEN_STATUSES, TERMINAL_STATUSES, RequestStatus, sql_in
 
 _SCOPE = "(CAST(:batch AS text) IS NULL OR r.batch_id = :batch)"
+_TERMINAL = tuple(sorted(TERMINAL_STATUSES))
+_ENDED_WITH_A_REASON = (RequestStatus.FAILED, RequestStatus.REJECTED, RequestStatus.CANCELED)
+# Whether the object at an s3:// URI exists with this SHA-256 (`storage.uploads.object_check`).
+ObjectCheck = Callable[[str, str], bool]
 
 
 @dataclass
@@ -47,7 +53,7 @@ def check_invariants(
     conn: Connection,
     *,
     batch_id: str | None = None,
-    s3_client: Any = None,
+    verify_object: ObjectCheck | None = None,
     expect_all_terminal: bool = True,
 ) -> InvariantReport:
     """Check invariants 1-4 and 6 (5, one billed prediction per request, needs Replicate's side)."""
@@ -55,7 +61,7 @@ def check_invariants(
     open_rows = _rows(
         conn,
         f"SELECT r.id, r.status, r.lease_expires_at < now() AS expired FROM generation_requests r"
-        f" WHERE {_SCOPE} AND r.status IN ('pending', 'processing')",
+        f" WHERE {_SCOPE} AND {sql_in(OPEN_STATUSES, 'r.status')}",
         batch_id,
     )
     report.add(
@@ -89,23 +95,24 @@ def check_invariants(
                    EXISTS (SELECT 1 FROM credit_ledger l
                            WHERE l.request_id = r.id AND l.kind = 'refund') AS refunded
             FROM generation_requests r WHERE {_SCOPE}
-              AND r.status IN ('succeeded', 'failed', 'canceled', 'rejected')""",
+              AND {sql_in(_TERMINAL, "r.status")}""",
         batch_id,
     )
     problems = []
     for r in money:
-        if r.status == "succeeded" and (not r.debited or r.refunded):
+        if r.status == RequestStatus.SUCCEEDED and (not r.debited or r.refunded):
             problems.append(f"request {r.id} succeeded but debited={r.debited} refunded={r.refunded}")
-        if r.status == "succeeded" and not r.output_uris:
+        if r.status == RequestStatus.SUCCEEDED and not r.output_uris:
             problems.append(f"request {r.id} succeeded without any stored output")
-        if r.status in ("failed", "canceled") and r.debited and not r.refunded:
+        if r.status in (RequestStatus.FAILED, RequestStatus.CANCELED) and r.debited and not r.refunded:
             problems.append(f"request {r.id} {r.status} after a debit without a refund")
-        if r.status == "rejected" and r.debited:
+        if r.status == RequestStatus.REJECTED and r.debited:
             problems.append(f"request {r.id} rejected but debited")
     report.add("3 money follows the outcome", problems)
-    if s3_client is not None:
+    if verify_object is not None:
         report.add(
-            "3 every succeeded output is in S3 with its checksum", _check_objects(money, s3_client, report)
+            "3 every succeeded output is in S3 with its checksum",
+            _check_objects(money, verify_object, report),
         )
     report.add(
         "4 balance = sum of ledger deltas >= 0",
@@ -131,7 +138,7 @@ def check_invariants(
             for r in _rows(
                 conn,
                 f"SELECT r.id, r.status FROM generation_requests r WHERE {_SCOPE}"
-                " AND r.status IN ('failed', 'rejected', 'canceled') AND COALESCE(r.error, '') = ''",
+                f" AND {sql_in(_ENDED_WITH_A_REASON, 'r.status')} AND COALESCE(r.error, '') = ''",
                 batch_id,
             )
         ],
@@ -139,16 +146,16 @@ def check_invariants(
     return report
 
 
-def _check_objects(rows: list[Any], s3_client: Any, report: InvariantReport) -> list[str]:
+def _check_objects(rows: list[Any], verify_object: ObjectCheck, report: InvariantReport) -> list[str]:
     problems = []
     for r in rows:
-        if r.status != "succeeded":
+        if r.status != RequestStatus.SUCCEEDED:
             continue
         outputs = r.outputs or []
         if [o["uri"] for o in outputs] != list(r.output_uris or []):
             problems.append(f"request {r.id}: output_uris and outputs disagree")
         for output in outputs:
             report.checked_objects += 1
-            if not verify_object(s3_client, output["uri"], output["sha256"]):
+            if not verify_object(output["uri"], output["sha256"]):
                 problems.append(f"request {r.id}: {output['uri']} missing or checksum differs")
     return problems
