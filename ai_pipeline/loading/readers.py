@@ -115,6 +115,13 @@ def open_rows(path: Path) -> RowSource:
         raise LoadError(f"{path.name}: cannot read the file as {kind}: {exc}") from exc
 
 
+def _unreadable(path: Path, unit: str, number: int, exc: BaseException) -> LoadError:
+    return LoadError(
+        f"{path.name}: cannot read {unit} {number}: {exc} ({unit}s before it were loaded; "
+        "loading the file again after fixing it is safe)"
+    )
+
+
 def _is_blank(values: dict[str, Any]) -> bool:
     return all(value is None or value == "" for value in values.values())
 
@@ -166,10 +173,7 @@ class CsvSource(RowSource):
                     )
                 yield row
         except (csv.Error, OSError, EOFError) as exc:
-            raise LoadError(
-                f"{self.path.name}: cannot read row {number + 1}: {exc} (rows before it were loaded; "
-                "loading the file again after fixing it is safe)"
-            ) from exc
+            raise _unreadable(self.path, "row", number + 1, exc) from exc
 
     def close(self) -> None:
         self._file.close()
@@ -222,10 +226,7 @@ class JsonlSource(RowSource):
         try:
             yield from self._lines()
         except (OSError, EOFError) as exc:
-            raise LoadError(
-                f"{self.path.name}: cannot read line {self._number + 1}: {exc} (lines before it were "
-                "loaded; loading the file again after fixing it is safe)"
-            ) from exc
+            raise _unreadable(self.path, "line", self._number + 1, exc) from exc
 
     def _lines(self) -> Iterator[RawRow]:
         while True:
@@ -314,10 +315,7 @@ class ParquetSource(RowSource):
         except Exception as exc:  # pyarrow's errors for a damaged page
             if isinstance(exc, LoadError):
                 raise
-            raise LoadError(
-                f"{self.path.name}: cannot read row {number + 1}: {exc} (rows before it were loaded; "
-                "loading the file again after fixing it is safe)"
-            ) from exc
+            raise _unreadable(self.path, "row", number + 1, exc) from exc
 
     def close(self) -> None:
         self._file.close()

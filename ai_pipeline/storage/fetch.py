@@ -140,18 +140,12 @@ async def _get(
         except httpx.ConnectError as exc:
             last_error = exc
             continue
-        except httpx.TimeoutException:
-            where = redact_url(url)
-            raise OutputUnavailable(f"timed out fetching {where}", url=where) from None
         except httpx.TransportError as exc:
-            raise _unavailable(exc, url) from None
+            raise _unavailable(exc, url, "fetching") from None
         try:
             return await _read_response(response, url, policy)
-        except httpx.TimeoutException:
-            where = redact_url(url)
-            raise OutputUnavailable(f"timed out reading {where}", url=where) from None
         except httpx.TransportError as exc:
-            raise _unavailable(exc, url) from None
+            raise _unavailable(exc, url, "reading") from None
         finally:
             await response.aclose()
     if last_error is None:  # unreachable: checked_addresses never returns an empty list
@@ -209,7 +203,10 @@ def _too_large(url: httpx.URL, policy: FetchPolicy) -> OutputRefused:
     return OutputRefused(f"{where} is larger than {policy.max_bytes} bytes", url=where)
 
 
-def _unavailable(exc: httpx.TransportError, url: httpx.URL) -> OutputUnavailable:
+def _unavailable(exc: httpx.TransportError, url: httpx.URL, doing: str = "fetching") -> OutputUnavailable:
+    if isinstance(exc, httpx.TimeoutException):
+        where = redact_url(url)
+        return OutputUnavailable(f"timed out {doing} {where}", url=where)
     # httpx messages can quote the request URL; keep the query string out of ours.
     detail = str(exc)
     if url.query:
