@@ -25,9 +25,10 @@ dev: $(STAMP) ## The same local services plus the Dagster UI (webserver + daemon
 test: $(STAMP) lint ## Lint, then the whole test suite against real Postgres, S3 protocol, emulator and Dagster.
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(STAMP) ## Style (ruff), types of the runtime package (mypy; config in pyproject.toml).
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(SOURCES)
@@ -40,4 +41,4 @@ chaos: $(STAMP) ## Faults, SIGKILLed workers and dropped connections on 10,000 r
 	$(BIN)/python -m ai_pipeline.dev.chaos --requests 10000
 
 clean:
-	rm -rf $(VENV) .ai_pipeline .pytest_cache .ruff_cache
+	rm -rf $(VENV) .ai_pipeline .pytest_cache .ruff_cache .mypy_cache
