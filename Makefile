@@ -25,11 +25,13 @@ dev: $(STAMP) ## The same local services plus the Dagster UI (webserver + daemon
 test: $(STAMP) lint ## Lint, then the whole test suite against real Postgres, S3 protocol, emulator and Dagster.
 	$(BIN)/pytest
 
-lint: $(STAMP) ## Style (ruff), types (mypy), import contracts (lint-imports); config in pyproject.toml.
+lint: $(STAMP) ## Style (ruff), types (mypy), import contracts (lint-imports), declared dependencies (deptry).
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/deptry ai_pipeline --extend-exclude ai_pipeline/dev
+	$(BIN)/deptry . --ignore DEP004
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(SOURCES)
