@@ -25,9 +25,13 @@ dev: $(STAMP) ## The same local services plus the Dagster UI (webserver + daemon
 test: $(STAMP) lint ## Lint, then the whole test suite against real Postgres, S3 protocol, emulator and Dagster.
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(STAMP) ## Style (ruff), types (mypy), import contracts (lint-imports), declared dependencies (deptry).
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/deptry ai_pipeline --extend-exclude ai_pipeline/dev
+	$(BIN)/deptry . --ignore DEP004
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(SOURCES)
@@ -40,4 +44,4 @@ chaos: $(STAMP) ## Faults, SIGKILLed workers and dropped connections on 10,000 r
 	$(BIN)/python -m ai_pipeline.dev.chaos --requests 10000
 
 clean:
-	rm -rf $(VENV) .ai_pipeline .pytest_cache .ruff_cache
+	rm -rf $(VENV) .ai_pipeline .pytest_cache .ruff_cache .mypy_cache

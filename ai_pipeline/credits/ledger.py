@@ -69,7 +69,7 @@ class RefundWithoutDebit(ValueError):
     """A refund was asked for a request that was never debited."""
 
 
-def _entry(row) -> LedgerEntry:  # type: ignore[no-untyped-def]
+def _entry(row: Row[Any]) -> LedgerEntry:
     return LedgerEntry(
         id=row.id,
         user_id=row.user_id,

@@ -30,11 +30,15 @@ log = logging.getLogger(__name__)
 RECONNECT = Backoff(attempts=6, base_seconds=0.1, max_seconds=5.0)
 
 
+# The attribute `one_statement` sets on a transition; `TransactionRunner.statement` and a test look for it.
+ONE_STATEMENT_MARK = "one_statement"
+
+
 def one_statement(fn: F) -> F:
     """Mark a transition that sends exactly one SQL statement, so it is atomic on its own and may run
     outside a transaction (`TransactionRunner.statement`, which saves a run the BEGIN and COMMIT round
     trips on its hottest writes). A test holds every marked transition to it."""
-    fn.one_statement = True  # type: ignore[attr-defined]
+    setattr(fn, ONE_STATEMENT_MARK, True)
     return fn
 
 
@@ -95,7 +99,7 @@ class TransactionRunner:
 
         One statement is atomic on its own; without BEGIN and COMMIT it is one round trip, not three.
         """
-        if not getattr(fn, "one_statement", False):
+        if not getattr(fn, ONE_STATEMENT_MARK, False):
             raise TypeError(f"{fn.__name__} is not marked one_statement; run it in a transaction")
 
         def once() -> T:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from ai_pipeline.catalogue import read_catalogue_file, upsert_models
 from ai_pipeline.credits import grant
@@ -64,7 +64,7 @@ def _write_sample(path: Path) -> None:
         writer.writerows(sample_rows())
 
 
-def _counts(engine, batch: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _counts(engine: Engine, batch: str) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
             text("SELECT status, count(*) FROM generation_requests WHERE batch_id = :b GROUP BY status"),
@@ -73,7 +73,7 @@ def _counts(engine, batch: str) -> dict[str, int]:  # type: ignore[no-untyped-de
         return {status: int(n) for status, n in rows}
 
 
-def wait_until_terminal(engine, batch: str, timeout: float) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def wait_until_terminal(engine: Engine, batch: str, timeout: float) -> dict[str, int]:
     """Show progress until every request of the batch is terminal (or the timeout passes).
 
     On a terminal the line is redrawn in place; in a log, a line is written whenever the counts change.
@@ -100,7 +100,7 @@ def wait_until_terminal(engine, batch: str, timeout: float) -> dict[str, int]:  
         time.sleep(1.0)
 
 
-def copy_outputs(stack: LocalStack, engine, batch: str, folder: Path) -> int:  # type: ignore[no-untyped-def]
+def copy_outputs(stack: LocalStack, engine: Engine, batch: str, folder: Path) -> int:
     """Copy the batch's stored outputs from S3 into `folder`; returns how many files."""
     s3 = create_s3_client(
         endpoint_url=stack.s3_endpoint_url,

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ai_pipeline.loading.errors import LoadError
 from ai_pipeline.loading.validation import KNOWN_COLUMNS, Reason, Refusal
@@ -126,7 +127,7 @@ def _is_blank(values: dict[str, Any]) -> bool:
     return all(value is None or value == "" for value in values.values())
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
@@ -343,4 +344,5 @@ def _python_values(array: Any) -> list[Any]:
             None if v is None else {key: item for key, item in v.items() if item is not None}
             for v in array.to_pylist()
         ]
-    return array.to_pylist()
+    values: list[Any] = array.to_pylist()
+    return values

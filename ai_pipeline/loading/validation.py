@@ -215,8 +215,7 @@ def _user_id(value: Any) -> str:
 def _model(value: Any, catalogue: Mapping[str, ModelSpec]) -> str:
     if value is None or value == "":
         raise Refusal(Reason.UNKNOWN_MODEL, "model is missing")
-    spec = catalogue.get(value) if isinstance(value, str) else None
-    if spec is None:
+    if not isinstance(value, str) or (spec := catalogue.get(value)) is None:
         raise Refusal(Reason.UNKNOWN_MODEL, f"model {_show(value)} is not in the catalogue")
     if not spec.enabled:
         raise Refusal(Reason.MODEL_DISABLED, f"model {_show(value)} is disabled in the catalogue")

@@ -39,7 +39,7 @@ def _remember_yes(question: Callable[..., bool]) -> Callable[..., bool]:
 
     @functools.wraps(question)
     def ask(self: Any, *args: Any) -> bool:
-        key = (type(self).__name__, self.postgres_url, question.__name__)
+        key: tuple[str, ...] = (type(self).__name__, self.postgres_url, question.__name__)
         key += tuple(arg for arg in args if isinstance(arg, str))
         if key in _SCHEMA_YES:
             return True

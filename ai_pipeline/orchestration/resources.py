@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import replicate
 from dagster_aws.s3 import S3Resource
+from replicate.client import Client
 
 from ai_pipeline.db.engine import Database
 from ai_pipeline.replicate.predictions import make_client
@@ -25,7 +25,7 @@ class Replicate:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def client(self, max_connections: int = 200) -> replicate.Client:
+    def client(self, max_connections: int = 200) -> Client:
         return make_client(
             self._settings.token, self._settings.replicate_base_url, max_connections=max_connections
         )

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -105,11 +105,11 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         self._inst_data = inst_data
         self.preload_modules = tuple(preload_modules or DEFAULT_PRELOAD_MODULES)
         self._lock = threading.Lock()
-        self._mp: BaseContext | None = None
+        self._mp: ForkServerContext | SpawnContext | None = None
         # Workers this process started and that have not been seen to exit, by run id.
         self._workers: dict[str, BaseProcess] = {}
         self._watcher: threading.Thread | None = None
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # dagster left this __init__ unannotated
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:
@@ -132,8 +132,9 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         return cls(inst_data=inst_data, preload_modules=config_value.get("preload_modules"))
 
     # ------------------------------------------------------------------------------------ launch
-    def _context(self) -> BaseContext:
+    def _context(self) -> ForkServerContext | SpawnContext:
         if self._mp is None:
+            context: ForkServerContext | SpawnContext
             if "forkserver" in multiprocessing.get_all_start_methods():
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(list(self.preload_modules))

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import replicate
+from replicate.client import Client
 from sqlalchemy import Engine
 
 from ai_pipeline.db.claims import ClaimedRequest
@@ -52,7 +52,7 @@ class BatchRunner:
     def __init__(
         self,
         engine: Engine,
-        replicate_client: replicate.Client,
+        replicate_client: Client,
         s3_client: Any,
         settings: Settings,
         *,

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
-import replicate
+from replicate.client import Client
 from replicate.prediction import Prediction
 
 from ai_pipeline.catalogue import ModelSpec
@@ -72,7 +72,7 @@ class RunContext:
 
     settings: Settings
     store: RunStore
-    replicate: replicate.Client
+    replicate: Client
     s3: Any
     uploads: Executor
     limiter: SharedCreateLimiter

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-import replicate
+from replicate.client import Client
 from sqlalchemy import Engine
 
 from ai_pipeline.db import cancels, recovery
@@ -92,9 +92,7 @@ def replicate_canceler(api_token: str | None, base_url: str) -> CancelAtReplicat
 
     A prediction Replicate no longer knows (404) has nothing left to stop.
     """
-    client = replicate.Client(
-        api_token=api_token, base_url=base_url, timeout=httpx.Timeout(10.0, connect=5.0)
-    )
+    client = Client(api_token=api_token, base_url=base_url, timeout=httpx.Timeout(10.0, connect=5.0))
 
     def cancel(prediction_id: str) -> None:
         try:

@@ -6,7 +6,7 @@ import weakref
 from typing import Any
 
 import httpx
-import replicate
+from replicate.client import Client
 from replicate.prediction import Prediction
 
 from ai_pipeline.catalogue import ModelSpec
@@ -16,13 +16,13 @@ TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 
 # The transport under each client made here, so that `close_client` can close its connections.
-_transports: weakref.WeakKeyDictionary[replicate.Client, AiohttpTransport] = weakref.WeakKeyDictionary()
+_transports: weakref.WeakKeyDictionary[Client, AiohttpTransport] = weakref.WeakKeyDictionary()
 
 
-def make_client(api_token: str | None, base_url: str, *, max_connections: int = 200) -> replicate.Client:
+def make_client(api_token: str | None, base_url: str, *, max_connections: int = 200) -> Client:
     """A client for `base_url` (the host root; the client's paths start with /v1), for async calls."""
     transport = pooled_async_transport(max_connections)
-    client = replicate.Client(
+    client = Client(
         api_token=api_token,
         base_url=base_url,
         # Connect quickly or fail; allow a full `Prefer: wait=60` answer plus slack on reads.
@@ -33,7 +33,7 @@ def make_client(api_token: str | None, base_url: str, *, max_connections: int = 
     return client
 
 
-async def close_client(client: replicate.Client) -> None:
+async def close_client(client: Client) -> None:
     """Close the connections a client from `make_client` holds in the running event loop (it opens
     new ones if used again)."""
     transport = _transports.get(client)
@@ -42,7 +42,7 @@ async def close_client(client: replicate.Client) -> None:
 
 
 async def create_prediction(
-    client: replicate.Client, spec: ModelSpec, model_input: dict[str, Any], *, wait_seconds: int | None
+    client: Client, spec: ModelSpec, model_input: dict[str, Any], *, wait_seconds: int | None
 ) -> Prediction:
     """Create a prediction by deployment, version or official model (in that order of preference).
 
@@ -57,16 +57,17 @@ async def create_prediction(
         return await client.predictions.async_create(
             version=spec.replicate_version, input=model_input, wait=wait
         )
+    assert spec.replicate_model, "a ModelSpec names a deployment, a version or a model"
     return await client.models.predictions.async_create(
         model=spec.replicate_model, input=model_input, wait=wait
     )
 
 
-async def get_prediction(client: replicate.Client, prediction_id: str) -> Prediction:
+async def get_prediction(client: Client, prediction_id: str) -> Prediction:
     """The prediction's current state (the client retries 429/503/504 on GETs itself)."""
     return await client.predictions.async_get(prediction_id)
 
 
-async def cancel_prediction(client: replicate.Client, prediction_id: str) -> Prediction:
+async def cancel_prediction(client: Client, prediction_id: str) -> Prediction:
     """Ask Replicate to stop a prediction (it is billed for the time it ran)."""
     return await client.predictions.async_cancel(prediction_id)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import replicate
+from replicate.client import Client
 from replicate.prediction import Prediction
 
 from ai_pipeline.canonical import canonical_json
@@ -127,7 +127,7 @@ def _assign(
 PAGE_RETRIES = Backoff(attempts=5, base_seconds=0.1, max_seconds=2.0)
 
 
-def client_pages(client: replicate.Client) -> ListPage:
+def client_pages(client: Client) -> ListPage:
     """`list_page` for the official client, each page retried on transient trouble."""
 
     async def list_page(cursor: str | None) -> Any:

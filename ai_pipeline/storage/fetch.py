@@ -172,7 +172,7 @@ async def _read_response(
     if not 200 <= status < 300:
         where = redact_url(url)
         if status in _REDIRECT_STATUSES:
-            location = response.headers.get("location")
+            location: str | None = response.headers.get("location")
             if not location:
                 raise OutputFetchError(f"redirect {status} without Location from {where}", url=where)
             return location

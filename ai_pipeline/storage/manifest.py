@@ -61,7 +61,8 @@ def manifest_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 def manifest_frame(table: pa.Table) -> pd.DataFrame:
     """The manifest as a pandas DataFrame, with nullable dtypes so missing integers stay integers."""
-    return table.to_pandas(types_mapper=_NULLABLE_DTYPES.get)
+    frame: pd.DataFrame = table.to_pandas(types_mapper=_NULLABLE_DTYPES.get)
+    return frame
 
 
 _NULLABLE_DTYPES: dict[pa.DataType, Any] = {

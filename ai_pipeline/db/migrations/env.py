@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 # Any fixed number: every process that migrates takes the same advisory lock, so two migrations
 # started at once (the CLI and a Dagster run, say) run one after the other.
 MIGRATION_LOCK_ID = 7_240_114_001
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     try:
         context.configure(connection=connection, transaction_per_migration=True)

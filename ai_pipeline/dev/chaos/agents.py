@@ -63,7 +63,7 @@ def run_worker_pids(instance: DagsterInstance) -> dict[str, int]:
             pid_value = (data.metadata or {}).get("pid") if data else None
             if pid_value is None:
                 continue
-            pid = int(pid_value.value)
+            pid = int(str(pid_value.value))  # dagster records the pid as text
             with contextlib.suppress(psutil.Error):
                 command = " ".join(psutil.Process(pid).cmdline())
                 if "--multiprocessing-fork" in command or "multiprocessing.forkserver" in command:

@@ -25,7 +25,13 @@ from ai_pipeline.catalogue import read_catalogue_file, upsert_models
 from ai_pipeline.credits import grant
 from ai_pipeline.db.engine import resolve_database_url
 from ai_pipeline.db.invariants import InvariantReport, check_invariants
-from ai_pipeline.dev.chaos.agents import BackendTerminator, EmulatorWindow, RequestCanceler, WorkerKiller
+from ai_pipeline.dev.chaos.agents import (
+    Agent,
+    BackendTerminator,
+    EmulatorWindow,
+    RequestCanceler,
+    WorkerKiller,
+)
 from ai_pipeline.dev.chaos.figures import ChaosFigures, count_outcomes, duplicate_predictions, failed_calls
 from ai_pipeline.dev.chaos.scenario import EMULATOR_LIMITS, MODELS, NO_FAULTS, STORM_LIMITS, ChaosScenario
 from ai_pipeline.dev.demo import CATALOGUE
@@ -120,7 +126,9 @@ def _run(
             STORM_LIMITS,
             {k: EMULATOR_LIMITS[k] for k in STORM_LIMITS},
         )
-        agents = [RequestCanceler(engine, cancel_ids, every=max(0.2, 20.0 / max(1, len(cancel_ids))))]
+        agents: list[Agent] = [
+            RequestCanceler(engine, cancel_ids, every=max(0.2, 20.0 / max(1, len(cancel_ids))))
+        ]
         if scenario.kill_interval:
             agents.append(WorkerKiller(scenario.kill_interval, rng))
         if scenario.backend_kill_interval:

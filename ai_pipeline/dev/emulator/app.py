@@ -404,15 +404,16 @@ def _optional_url(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is None or value == "":
         return None
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ProblemError(
-            422,
-            "Input validation failed",
-            f"- {key}: Does not match format 'uri'\n",
-            invalid_fields=[{"type": "format", "field": key, "description": "Does not match format 'uri'"}],
-        )
-    return value
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return value
+    raise ProblemError(
+        422,
+        "Input validation failed",
+        f"- {key}: Does not match format 'uri'\n",
+        invalid_fields=[{"type": "format", "field": key, "description": "Does not match format 'uri'"}],
+    )
 
 
 def _webhook_events(value: Any) -> frozenset[str]:

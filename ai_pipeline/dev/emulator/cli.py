@@ -24,7 +24,9 @@ def _flag_name(field: dataclasses.Field[Any]) -> str | None:
 
 
 def _default_text(field: dataclasses.Field[Any]) -> str:
-    default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    default = field.default
+    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
     if isinstance(default, dict):
         return ", ".join(f"{key}={value}" for key, value in default.items())
     if isinstance(default, list):

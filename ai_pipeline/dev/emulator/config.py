@@ -203,7 +203,7 @@ def merge_config(config: EmulatorConfig, patch: dict[str, Any]) -> EmulatorConfi
 def load_profile(path: str | Path) -> dict[str, Any]:
     """Read a JSON fault profile (an object of knob names to values) and check its knob names."""
     try:
-        data = json.loads(Path(path).read_text())
+        data: dict[str, Any] = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"profile {path} is not valid JSON: {exc}") from exc
     merge_config(EmulatorConfig(), data)  # raises ConfigError on any bad knob

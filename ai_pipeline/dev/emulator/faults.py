@@ -125,7 +125,7 @@ class FaultInjector:
         scripted = config.scripted_faults.get("download")
         if scripted:
             fault = scripted.pop(0)
-            return fault if fault in (DROP, SLOW) else int(fault)  # type: ignore[return-value]
+            return fault if fault in (DROP, SLOW) else int(fault)
         if config.download_error_rate and self._rng.random() < config.download_error_rate:
             return self._rng.choice(config.download_error_statuses)
         if config.download_slow_rate and self._rng.random() < config.download_slow_rate:

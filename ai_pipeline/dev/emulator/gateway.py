@@ -136,18 +136,18 @@ class Gateway:
                 body, content_type = injected_error(int(fault))
                 return await self._answer(send, int(fault), body, content_type, extra_headers)
         elif kind == "download":
-            fault = service.injector.download_fault(config)
-            if fault == DROP:
+            download_fault = service.injector.download_fault(config)
+            if download_fault == DROP:
                 stats.record_fault(kind, "drop")
                 return DROP_CONNECTION
-            if fault == SLOW:
+            if download_fault == SLOW:
                 stats.record_fault(kind, "download_slow")
                 await asyncio.sleep(config.download_delay_seconds)
-            elif fault is not None:
-                stats.record_fault(kind, f"download_{fault}")
-                stats.downloads_by_status[int(fault)] += 1
-                body = b"Not Found" if fault == 404 else b"Internal Server Error"
-                return await self._answer(send, int(fault), body, "text/plain; charset=utf-8")
+            elif download_fault is not None:
+                stats.record_fault(kind, f"download_{download_fault}")
+                stats.downloads_by_status[int(download_fault)] += 1
+                body = b"Not Found" if download_fault == 404 else b"Internal Server Error"
+                return await self._answer(send, int(download_fault), body, "text/plain; charset=utf-8")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

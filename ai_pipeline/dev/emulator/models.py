@@ -7,6 +7,7 @@ what its output looks like part-way through and at the end, and which files it s
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class ImagesModel(BuiltinModel):
         values = self.effective_input(given)
         prompt = str(values["prompt"])
         return {
-            f"out-{index}.png": (lambda index=index: render_png(prompt, seed + index, index))
+            f"out-{index}.png": functools.partial(render_png, prompt, seed + index, index)
             for index in range(int(values["num_outputs"]))
         }
 

@@ -102,13 +102,15 @@ class EmulatorHandle:
         """``GET /_emulator/stats``."""
         response = self._http.get("/_emulator/stats", params={"per_input": "1"} if per_input else None)
         response.raise_for_status()
-        return response.json()
+        stats: dict[str, Any] = response.json()
+        return stats
 
     def configure(self, **patch: Any) -> dict[str, Any]:
         """``POST /_emulator/config`` with these knobs; returns the live configuration."""
         response = self._http.post("/_emulator/config", json=patch)
         response.raise_for_status()
-        return response.json()
+        live: dict[str, Any] = response.json()
+        return live
 
     def reset(self, restore_config: bool = False) -> None:
         """``POST /_emulator/reset``: forget predictions and counters."""
