@@ -19,7 +19,8 @@ from ai_pipeline.credits import Charge, LedgerEntry
 from ai_pipeline.db import claims, settling
 from ai_pipeline.db.claims import ClaimedRequest
 from ai_pipeline.processing.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
-from ai_pipeline_tests.support.pipeline import TEST_TOKEN, PipelineHarness
+from ai_pipeline_tests.support.pipeline import PipelineHarness
+from ai_pipeline_tests.support.settings import TEST_TOKEN
 
 
 @dataclass

@@ -30,8 +30,7 @@ from ai_pipeline.dev.emulator.server import InProcessEmulator, run_emulator
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB
 from ai_pipeline.settings import Settings, temporary_environment
 from ai_pipeline_tests.support.s3 import create_bucket, make_s3_client, s3_endpoint
-
-TEST_TOKEN = "r8_test_token"
+from ai_pipeline_tests.support.settings import settings_for_tests
 
 
 @dataclass
@@ -49,8 +48,6 @@ class PipelineHarness:
         """The settings a deployment pointed at these parts would read from its environment."""
         emulator = urlsplit(self.emulator.base_url)
         values: dict[str, Any] = {
-            "database_url": self.database_url,
-            "replicate_api_token": TEST_TOKEN,
             "replicate_base_url": self.emulator.base_url,
             "aws_endpoint_url": self.s3_endpoint_url,
             "s3_bucket": self.bucket,
@@ -63,7 +60,7 @@ class PipelineHarness:
             **self.settings,
             **overrides,
         }
-        return Settings(**values)
+        return settings_for_tests(self.database_url, **values)
 
     def definitions(self, **settings: Any) -> Definitions:
         """The project's code location, as `definitions.py` builds it, configured for these parts."""
