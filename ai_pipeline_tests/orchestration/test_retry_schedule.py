@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from dagster import RunRequest, SkipReason, build_schedule_context
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
+from ai_pipeline.db import cancels, recovery
 from ai_pipeline.definitions import build_definitions
 from ai_pipeline.settings import Settings
 from ai_pipeline_tests.crash_safety.crashes import failed_ago
@@ -128,3 +130,36 @@ def test_a_retry_that_failed_too_is_not_retried_again(
     evaluate(settings)
 
     assert [r.retry_of for r in retries_of(engine, [retry.id, second])] == [second]
+
+
+def test_failures_of_a_canceled_batch_are_not_retried_and_the_schedule_skips(
+    engine: Engine, configure: Callable[..., Settings], unique: str
+) -> None:
+    failed = failed_batch(engine, unique)
+    with engine.begin() as conn:
+        cancels.cancel_requests(conn, batch_id=f"b-{unique}")
+
+    result = evaluate(configure(retry_backoff_seconds=BACKOFF))
+
+    assert result == SkipReason("no retryable failures")
+    assert retries_of(engine, failed) == []
+
+
+def test_failures_the_sweeper_retried_meanwhile_make_the_schedule_skip(
+    engine: Engine, configure: Callable[..., Settings], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = failed_batch(engine, unique)
+    list_batches = recovery.batches_with_retryable_failures
+
+    def listed_then_retried_by_the_sweeper(conn: Connection, failed_before_seconds: float) -> list[str]:
+        listed = list_batches(conn, failed_before_seconds)
+        with engine.begin() as sweeper:  # its own transaction, committed before the schedule copies
+            recovery.requeue_due_failures(sweeper, backoff_seconds=BACKOFF, lookback_seconds=OLD * 2)
+        return listed
+
+    monkeypatch.setattr(recovery, "batches_with_retryable_failures", listed_then_retried_by_the_sweeper)
+
+    result = evaluate(configure(retry_backoff_seconds=BACKOFF))
+
+    assert result == SkipReason("no retryable failures")
+    assert len(retries_of(engine, failed)) == 1
