@@ -68,17 +68,7 @@ class PipelineHarness:
 
     def tick(self, defs: Definitions | None = None, cursor: str | None = None) -> SensorResult | SkipReason:
         """Evaluate the batch sensor once and register the partitions it asks for, as the daemon does."""
-        defs = defs or self.definitions()
-        context = build_sensor_context(
-            instance=self.instance, definitions=defs, resources=defs.resources, cursor=cursor
-        )
-        result = defs.resolve_sensor_def("batch_sensor")(context)
-        if isinstance(result, SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                self.instance.add_dynamic_partitions(
-                    request.partitions_def_name, list(request.partition_keys)
-                )
-        return result
+        return tick_batch_sensor(self.instance, defs or self.definitions(), cursor)
 
     def run_batch(
         self,
@@ -111,6 +101,23 @@ class PipelineHarness:
             for request in result.run_requests:
                 results.append(self.run_batch(request.partition_key, defs=defs, tags=dict(request.tags)))
         raise AssertionError(f"batches still had due work after {max_ticks} sensor ticks")
+
+
+def tick_batch_sensor(
+    instance: DagsterInstance | None, defs: Definitions, cursor: str | None = None
+) -> SensorResult | SkipReason:
+    """Evaluate the batch sensor once and register the partitions it asks for, as the daemon does.
+
+    Without an instance, a tick that touches Dagster's storage fails."""
+    context = build_sensor_context(
+        instance=instance, definitions=defs, resources=defs.resources, cursor=cursor
+    )
+    result = defs.resolve_sensor_def("batch_sensor")(context)
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            assert instance is not None
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
 
 
 def emulator_seed_for(module_name: str) -> int:
