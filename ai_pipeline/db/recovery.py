@@ -15,14 +15,17 @@ from ai_pipeline.db.cancels import OpenRequest
 from ai_pipeline.db.lifecycle import FAIL, HAND_BACK, RequestStatus
 from ai_pipeline.db.settling import finish_with_refund
 
-_FAILED = f"status = '{RequestStatus.FAILED}'"
+# A failure `f` that may still be reprocessed: nobody asked to cancel it, and it has no copy yet.
+_COPYABLE_FAILURE = (
+    f"f.status = '{RequestStatus.FAILED}' AND f.cancel_requested_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)"
+)
 # A new pending request for each failure `f` the query selects (the failure itself stays refunded).
 _COPY_FAILURES = f"""
     INSERT INTO generation_requests (batch_id, user_id, model, input, priority, retry_of, source_row)
     SELECT f.batch_id, f.user_id, f.model, f.input, f.priority, f.id, f.source_row
     FROM generation_requests f
-    WHERE f.{_FAILED} AND f.cancel_requested_at IS NULL
-      AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)
+    WHERE {_COPYABLE_FAILURE}
 """
 
 
@@ -128,14 +131,14 @@ def requeue_due_failures(
 
 
 def batches_with_retryable_failures(conn: Connection, failed_before_seconds: float) -> list[str]:
-    """Batches holding a retryable original failure, older than the backoff, not retried yet."""
+    """Batches holding a retryable original failure, older than the backoff, not retried yet (nor
+    canceled): those `requeue_failed(only_retryable=True, originals_only=True)` has work in."""
     return list(
         conn.execute(
             text(
-                f"SELECT DISTINCT batch_id FROM generation_requests f WHERE f.{_FAILED} AND retryable"
-                " AND retry_of IS NULL AND batch_id IS NOT NULL"
-                " AND completed_at <= now() - make_interval(secs => :age)"
-                " AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)"
+                f"SELECT DISTINCT f.batch_id FROM generation_requests f WHERE {_COPYABLE_FAILURE}"
+                " AND f.retryable AND f.retry_of IS NULL AND f.batch_id IS NOT NULL"
+                " AND f.completed_at <= now() - make_interval(secs => :age)"
             ),
             {"age": failed_before_seconds},
         ).scalars()

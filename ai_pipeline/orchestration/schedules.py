@@ -35,12 +35,13 @@ def build_retry_schedule(settings: Settings) -> ScheduleDefinition:
     )
     def retry_failed_batches(context: ScheduleEvaluationContext) -> SkipReason | list[RunRequest]:
         requeued = run_in_transaction(database.engine(), _requeue_retryable_failures, age)
-        if not requeued:
+        # A batch listed may have nothing left to copy: the sweeper retries the same failures, and may
+        # have copied them between the listing and the copy.
+        batches = [batch for batch, count in requeued.items() if count]
+        if not batches:
             return SkipReason("no retryable failures")
         return [
-            RunRequest(partition_key=batch, tags={LAUNCHED_BY_TAG: "retry_schedule"})
-            for batch, count in requeued.items()
-            if count
+            RunRequest(partition_key=batch, tags={LAUNCHED_BY_TAG: "retry_schedule"}) for batch in batches
         ]
 
     return retry_failed_batches

@@ -2,7 +2,7 @@
 
 `DeadRun` takes the very steps `BatchRunner` takes (claim under a lease, debit + intent, create at
 Replicate, store the id) and can stop between any two of them; `die()` lets its leases run out, as a
-SIGKILLed worker's do.
+SIGKILLed worker's do. `failed_ago` ends a request failed (refunded) as a run would have, a while ago.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from ai_pipeline.credits import Charge, LedgerEntry
 from ai_pipeline.db import claims, settling
 from ai_pipeline.db.claims import ClaimedRequest
 from ai_pipeline.processing.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
-from ai_pipeline_tests.support.pipeline import TEST_TOKEN, PipelineHarness
+from ai_pipeline_tests.support.pipeline import PipelineHarness
+from ai_pipeline_tests.support.settings import TEST_TOKEN
 
 
 @dataclass
 class DeadRun:
     engine: Engine
-    client: replicate.Client
+    client: replicate.Client | None  # None: a run that never gets as far as creating a prediction
     owner: str
 
     def claim(self, batch_id: str, limit: int = 100, lease_seconds: int = 60) -> list[ClaimedRequest]:
@@ -41,6 +42,7 @@ class DeadRun:
 
     def create(self, request: ClaimedRequest) -> str:
         """Create the request's prediction at Replicate (by version, as the catalogue says)."""
+        assert self.client is not None, "this run has no Replicate client"
         with self.engine.connect() as conn:
             spec = load_catalogue(conn)[request.model]
         return self.client.predictions.create(version=spec.replicate_version, input=request.input).id
@@ -80,6 +82,21 @@ def expire_leases(engine: Engine, owner: str) -> None:
                 " WHERE lease_owner = :owner AND status = 'processing'"
             ),
             {"owner": owner},
+        )
+
+
+def failed_ago(engine: Engine, request_id: int, *, retryable: bool, seconds_ago: float) -> None:
+    """End a request `failed` (refunded) as a run would have, `seconds_ago`."""
+    with engine.begin() as conn:
+        assert settling.mark_failed(
+            conn, request_id, None, "model failed: CUDA out of memory", retryable=retryable
+        )
+        conn.execute(
+            text(
+                "UPDATE generation_requests SET completed_at = now() - make_interval(secs => :ago)"
+                " WHERE id = :id"
+            ),
+            {"ago": seconds_ago, "id": request_id},
         )
 
 

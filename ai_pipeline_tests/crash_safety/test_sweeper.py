@@ -9,9 +9,8 @@ import replicate
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import balance, grant
-from ai_pipeline.db import settling
 from ai_pipeline.db.invariants import check_invariants
-from ai_pipeline_tests.crash_safety.crashes import DeadRun, request_row, sweep_once
+from ai_pipeline_tests.crash_safety.crashes import DeadRun, failed_ago, request_row, sweep_once
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
 
@@ -27,21 +26,6 @@ def _requests(engine: Engine, unique: str, count: int, credits: int = 20) -> tup
             for i in range(count)
         ]
     return batch, user, ids
-
-
-def _failed(engine: Engine, request_id: int, *, retryable: bool, seconds_ago: float) -> None:
-    """End a request `failed` (refunded) as a run would have, `seconds_ago`."""
-    with engine.begin() as conn:
-        assert settling.mark_failed(
-            conn, request_id, None, "model failed: CUDA out of memory", retryable=retryable
-        )
-        conn.execute(
-            text(
-                "UPDATE generation_requests SET completed_at = now() - make_interval(secs => :ago)"
-                " WHERE id = :id"
-            ),
-            {"ago": seconds_ago, "id": request_id},
-        )
 
 
 def _batch_state(engine: Engine, batch: str) -> tuple[list[Any], list[Any]]:
@@ -109,8 +93,8 @@ def test_a_retryable_failure_is_retried_once_after_the_backoff(
     harness: PipelineHarness, engine: Engine, unique: str
 ) -> None:
     _, _, (recent, old) = _requests(engine, unique, 2)
-    _failed(engine, recent, retryable=True, seconds_ago=5)
-    _failed(engine, old, retryable=True, seconds_ago=120)
+    failed_ago(engine, recent, retryable=True, seconds_ago=5)
+    failed_ago(engine, old, retryable=True, seconds_ago=120)
 
     sweep_once(harness, retry_backoff_seconds=60)
     sweep_once(harness, retry_backoff_seconds=60)
@@ -124,11 +108,11 @@ def test_failures_that_cannot_pass_and_retries_are_not_retried(
     harness: PipelineHarness, engine: Engine, unique: str
 ) -> None:
     _, _, (refused, original) = _requests(engine, unique, 2)
-    _failed(engine, refused, retryable=False, seconds_ago=120)
-    _failed(engine, original, retryable=True, seconds_ago=120)
+    failed_ago(engine, refused, retryable=False, seconds_ago=120)
+    failed_ago(engine, original, retryable=True, seconds_ago=120)
     sweep_once(harness, retry_backoff_seconds=60)
     (retry,) = _retries_of(engine, original)
-    _failed(engine, retry.id, retryable=True, seconds_ago=120)
+    failed_ago(engine, retry.id, retryable=True, seconds_ago=120)
 
     sweep_once(harness, retry_backoff_seconds=60)
 
@@ -144,7 +128,7 @@ def test_a_second_sweep_right_after_the_first_changes_nothing(
     for request in claimed:
         dead.charge(request)
     dead.die()
-    _failed(engine, ids[3], retryable=True, seconds_ago=120)
+    failed_ago(engine, ids[3], retryable=True, seconds_ago=120)
     sweep_once(harness, retry_backoff_seconds=60)
     before = _batch_state(engine, batch)
 

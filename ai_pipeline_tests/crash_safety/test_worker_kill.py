@@ -19,7 +19,8 @@ from ai_pipeline.storage.uploads import object_check
 from ai_pipeline_tests.crash_safety.crashes import batch_statuses, creates_of, sweep_once
 from ai_pipeline_tests.support.databases import REPO_ROOT
 from ai_pipeline_tests.support.factories import insert_request
-from ai_pipeline_tests.support.pipeline import TEST_TOKEN, PipelineHarness
+from ai_pipeline_tests.support.pipeline import PipelineHarness
+from ai_pipeline_tests.support.settings import TEST_TOKEN
 
 LEASE_SECONDS = 3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from ai_pipeline.db import claims, recovery, settling
+from ai_pipeline.db import cancels, claims, recovery, settling
 from ai_pipeline_tests.db.transitions_support import setup_requests
 
 
@@ -37,3 +37,17 @@ def test_automatic_requeues_wait_for_the_backoff(engine: Engine, unique: str) ->
             {"id": request_id},
         )
         assert recovery.requeue_failed(conn, batch, only_retryable=True, failed_before_seconds=60) == 1
+
+
+def test_batches_listed_for_retry_are_those_with_a_failure_requeue_would_copy(
+    engine: Engine, unique: str
+) -> None:
+    _, kept, (kept_id,) = setup_requests(engine, f"{unique}-kept", count=1)
+    _, canceled, (canceled_id,) = setup_requests(engine, f"{unique}-canceled", count=1)
+    with engine.begin() as conn:
+        for request_id in (kept_id, canceled_id):
+            settling.mark_failed(conn, request_id, None, "out of memory (E1001)", retryable=True)
+        cancels.cancel_requests(conn, batch_id=canceled)  # a canceled batch's failures are never retried
+        listed = recovery.batches_with_retryable_failures(conn, 0)
+        assert kept in listed and canceled not in listed
+        assert recovery.requeue_failed(conn, canceled, only_retryable=True, originals_only=True) == 0

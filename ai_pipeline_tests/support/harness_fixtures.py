@@ -10,12 +10,8 @@ import pytest
 import replicate
 from sqlalchemy import Engine
 
-from ai_pipeline_tests.support.pipeline import (
-    TEST_TOKEN,
-    PipelineHarness,
-    emulator_seed_for,
-    pipeline_harness,
-)
+from ai_pipeline_tests.support.pipeline import PipelineHarness, emulator_seed_for, pipeline_harness
+from ai_pipeline_tests.support.settings import TEST_TOKEN
 
 
 @pytest.fixture(scope="module")

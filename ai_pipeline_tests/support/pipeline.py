@@ -30,8 +30,7 @@ from ai_pipeline.dev.emulator.server import InProcessEmulator, run_emulator
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB
 from ai_pipeline.settings import Settings, temporary_environment
 from ai_pipeline_tests.support.s3 import create_bucket, make_s3_client, s3_endpoint
-
-TEST_TOKEN = "r8_test_token"
+from ai_pipeline_tests.support.settings import settings_for_tests
 
 
 @dataclass
@@ -49,8 +48,6 @@ class PipelineHarness:
         """The settings a deployment pointed at these parts would read from its environment."""
         emulator = urlsplit(self.emulator.base_url)
         values: dict[str, Any] = {
-            "database_url": self.database_url,
-            "replicate_api_token": TEST_TOKEN,
             "replicate_base_url": self.emulator.base_url,
             "aws_endpoint_url": self.s3_endpoint_url,
             "s3_bucket": self.bucket,
@@ -63,7 +60,7 @@ class PipelineHarness:
             **self.settings,
             **overrides,
         }
-        return Settings(**values)
+        return settings_for_tests(self.database_url, **values)
 
     def definitions(self, **settings: Any) -> Definitions:
         """The project's code location, as `definitions.py` builds it, configured for these parts."""
@@ -71,17 +68,7 @@ class PipelineHarness:
 
     def tick(self, defs: Definitions | None = None, cursor: str | None = None) -> SensorResult | SkipReason:
         """Evaluate the batch sensor once and register the partitions it asks for, as the daemon does."""
-        defs = defs or self.definitions()
-        context = build_sensor_context(
-            instance=self.instance, definitions=defs, resources=defs.resources, cursor=cursor
-        )
-        result = defs.resolve_sensor_def("batch_sensor")(context)
-        if isinstance(result, SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                self.instance.add_dynamic_partitions(
-                    request.partitions_def_name, list(request.partition_keys)
-                )
-        return result
+        return tick_batch_sensor(self.instance, defs or self.definitions(), cursor)
 
     def run_batch(
         self,
@@ -114,6 +101,23 @@ class PipelineHarness:
             for request in result.run_requests:
                 results.append(self.run_batch(request.partition_key, defs=defs, tags=dict(request.tags)))
         raise AssertionError(f"batches still had due work after {max_ticks} sensor ticks")
+
+
+def tick_batch_sensor(
+    instance: DagsterInstance | None, defs: Definitions, cursor: str | None = None
+) -> SensorResult | SkipReason:
+    """Evaluate the batch sensor once and register the partitions it asks for, as the daemon does.
+
+    Without an instance, a tick that touches Dagster's storage fails."""
+    context = build_sensor_context(
+        instance=instance, definitions=defs, resources=defs.resources, cursor=cursor
+    )
+    result = defs.resolve_sensor_def("batch_sensor")(context)
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            assert instance is not None
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
 
 
 def emulator_seed_for(module_name: str) -> int:
