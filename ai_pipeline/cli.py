@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from ai_pipeline.catalogue import CatalogueError, load_catalogue, read_catalogue_file, upsert_models
 from ai_pipeline.credits import DEFAULT_CREDIT_TYPE, balance, grant
+from ai_pipeline.db import api_keys
 from ai_pipeline.db.cancels import cancel_requests
 from ai_pipeline.db.engine import get_engine
 from ai_pipeline.db.migrate import upgrade_database
@@ -181,6 +182,74 @@ def cancel(batch_id: str | None, request_id: int | None) -> None:
         f" {summary.in_flight} in flight being stopped at Replicate (refunded when they end),"
         f" {summary.finished} already finished"
     )
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default AI_PIPELINE_API_HOST, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default AI_PIPELINE_API_PORT, 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP API (and its webhook delivery) until interrupted."""
+    from ai_pipeline.service.app import serve as serve_api  # the web stack only for this command
+
+    serve_api(Settings.from_env(), host=host, port=port)
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the applications that call the HTTP API."""
+
+
+@keys.command("create")
+@click.argument("application")
+@click.option("--label", help="A note to tell the key apart in `keys list`.")
+def keys_create(application: str, label: str | None) -> None:
+    """Make a key for APPLICATION (made on first use); the key is shown this once."""
+    from ai_pipeline.service.keys import create_key
+
+    with get_engine(Settings.from_env()).begin() as conn:
+        new = create_key(conn, application, label)
+    click.echo(f"key id          {new.id}")
+    click.echo(f"application     {new.application_id}")
+    click.echo(f"key             {new.key}")
+    click.echo(f"webhook secret  {new.webhook_secret}")
+    click.echo("The key is not stored and cannot be shown again: keep it now.", err=True)
+
+
+@keys.command("list")
+@click.option("--application", help="Only this application's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_list(application: str | None, as_json: bool) -> None:
+    """List keys (never the keys themselves)."""
+    with get_engine(Settings.from_env()).connect() as conn:
+        records = api_keys.list_keys(conn, application)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        **vars(r),
+                        "created_at": str(r.created_at),
+                        "revoked_at": r.revoked_at and str(r.revoked_at),
+                    }
+                    for r in records
+                ],
+                indent=2,
+            )
+        )
+        return
+    for record in records:
+        state = f"revoked {record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "active"
+        click.echo(f"{record.id}\t{record.application_id}\t{state}\t{record.label or ''}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the key KEY_ID: its next request gets 401."""
+    with get_engine(Settings.from_env()).begin() as conn:
+        if not api_keys.revoke_key(conn, key_id):
+            raise click.ClickException(f"no key {key_id!r}")
+    click.echo(f"revoked {key_id}")
 
 
 def _register_commands() -> None:

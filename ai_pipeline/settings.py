@@ -116,8 +116,54 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(
         default=60.0, ge=0, description="How long a retryable failure waits before its one automatic retry"
     )
+    api_host: str = Field(
+        default="127.0.0.1", description="Address `ai-pipeline serve` listens on (`--host` overrides it)"
+    )
+    api_port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="Port `ai-pipeline serve` listens on (`--port` overrides it)",
+    )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body the API accepts, in bytes",
+        json_schema_extra={"default_text": "`1048576` (1 MiB)"},
+    )
+    api_max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch file the API accepts, in bytes",
+        json_schema_extra={"default_text": "`104857600` (100 MiB)"},
+    )
+    api_rate_per_second: float = Field(
+        default=50.0, gt=0, description="Requests per second one API key may make, on average"
+    )
+    api_rate_burst: int = Field(
+        default=100, ge=1, description="Requests one API key may make at once before the rate applies"
+    )
+    api_presign_seconds: int = Field(
+        default=900,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How long a presigned output URL the API hands out works",
+    )
+    webhook_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated hosts webhooks may be sent to (`host`, `*.suffix`, `host:port`);"
+        " private addresses only as IP literals or `localhost`",
+        json_schema_extra={"default_text": "none: webhooks are refused"},
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline per webhook delivery")
+    webhook_retry_hours: float = Field(
+        default=72.0, gt=0, description="How long a webhook is retried (with backoff) before it is given up"
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the webhook worker looks for events to deliver"
+    )
 
-    @field_validator("output_hosts", mode="before")
+    @field_validator("output_hosts", "webhook_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

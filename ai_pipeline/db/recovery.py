@@ -20,10 +20,13 @@ _COPYABLE_FAILURE = (
     f"f.status = '{RequestStatus.FAILED}' AND f.cancel_requested_at IS NULL"
     " AND NOT EXISTS (SELECT 1 FROM generation_requests c WHERE c.retry_of = f.id)"
 )
-# A new pending request for each failure `f` the query selects (the failure itself stays refunded).
+# A new pending request for each failure `f` the query selects (the failure itself stays refunded). It
+# belongs to the same application and reports to the same webhook (the API shows it as `retried_as`).
 _COPY_FAILURES = f"""
-    INSERT INTO generation_requests (batch_id, user_id, model, input, priority, retry_of, source_row)
-    SELECT f.batch_id, f.user_id, f.model, f.input, f.priority, f.id, f.source_row
+    INSERT INTO generation_requests
+        (batch_id, user_id, model, input, priority, retry_of, source_row, application_id, webhook_url)
+    SELECT f.batch_id, f.user_id, f.model, f.input, f.priority, f.id, f.source_row, f.application_id,
+        f.webhook_url
     FROM generation_requests f
     WHERE {_COPYABLE_FAILURE}
 """

@@ -17,7 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
 metadata = MetaData()
 
@@ -31,6 +31,9 @@ batches = Table(
     Column("rows_refused", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("application_id", Text),
+    Column("webhook_url", Text),
+    Column("cancel_requested_at", DateTime(timezone=True)),
 )
 
 models = Table(
@@ -79,6 +82,9 @@ generation_requests = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("completed_at", DateTime(timezone=True)),
+    Column("application_id", Text),
+    Column("webhook_url", Text),
+    Column("idempotency_key", Text),
 )
 
 credit_accounts = Table(
@@ -121,4 +127,66 @@ request_transitions = Table(
     Column("from_status", Text, primary_key=True),
     Column("to_status", Text, primary_key=True),
     Column("move", Text, nullable=False),
+)
+
+api_applications = Table(
+    "api_applications",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("webhook_secret", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("application_id", Text, nullable=False),
+    Column("key_hash", BYTEA, nullable=False, unique=True),
+    Column("label", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+api_batch_submissions = Table(
+    "api_batch_submissions",
+    metadata,
+    Column("application_id", Text, primary_key=True),
+    Column("idempotency_key", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("status_code", Integer),
+    Column("response", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+batch_refusals = Table(
+    "batch_refusals",
+    metadata,
+    Column("batch_id", Text, primary_key=True),
+    Column("row_number", BigInteger, primary_key=True),
+    Column("reason_code", Text, nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("event_id", Text, nullable=False, unique=True),
+    Column("event_type", Text, nullable=False),
+    Column("application_id", Text),
+    Column("url", Text, nullable=False),
+    Column("request_id", BigInteger),
+    Column("batch_id", Text),
+    Column("payload", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("lease_owner", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("gave_up_at", DateTime(timezone=True)),
+    Column("last_status", Integer),
+    Column("last_error", Text),
 )

@@ -113,6 +113,31 @@ def effective_port(url: httpx.URL) -> int:
     return url.port or DEFAULT_PORTS[url.scheme]
 
 
+def pinned_request(
+    method: str,
+    url: httpx.URL,
+    address: IPAddress,
+    *,
+    headers: dict[str, str],
+    timeout_seconds: float,
+    content: bytes | None = None,
+) -> httpx.Request:
+    """A request sent to the checked `address`, presenting the URL's host name (Host header, TLS SNI), so
+    a second, different DNS answer cannot slip past the check (DNS rebinding)."""
+    extensions: dict[str, object] = {"timeout": httpx.Timeout(timeout_seconds).as_dict()}
+    target = url
+    if ip_literal(url.host) is None:
+        target = url.copy_with(host=str(address))
+        extensions["sni_hostname"] = ascii_host(url)
+    return httpx.Request(
+        method,
+        target,
+        headers={"Host": url.netloc.decode("ascii"), **headers},
+        content=content,
+        extensions=extensions,
+    )
+
+
 async def resolve_with_event_loop(host: str, port: int) -> list[str]:
     """The default `Resolver`: the event loop's getaddrinfo."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)

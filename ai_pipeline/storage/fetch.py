@@ -26,9 +26,8 @@ from ai_pipeline.storage.addresses import (
     DEFAULT_PORTS,
     IPAddress,
     Resolver,
-    ascii_host,
     checked_addresses,
-    ip_literal,
+    pinned_request,
     resolve_with_event_loop,
 )
 from ai_pipeline.storage.allowlist import AllowedHost, FetchPolicy
@@ -156,13 +155,13 @@ async def _get(
 
 def _pinned_request(url: httpx.URL, address: IPAddress, policy: FetchPolicy) -> httpx.Request:
     """A GET to the checked address, presenting the original host name (Host header, TLS SNI)."""
-    extensions: dict[str, object] = {"timeout": httpx.Timeout(policy.timeout_seconds).as_dict()}
-    target = url
-    if ip_literal(url.host) is None:
-        target = url.copy_with(host=str(address))
-        extensions["sni_hostname"] = ascii_host(url)
-    headers = {"Host": url.netloc.decode("ascii"), "Accept": "*/*", "User-Agent": USER_AGENT}
-    return httpx.Request("GET", target, headers=headers, extensions=extensions)
+    return pinned_request(
+        "GET",
+        url,
+        address,
+        headers={"Accept": "*/*", "User-Agent": USER_AGENT},
+        timeout_seconds=policy.timeout_seconds,
+    )
 
 
 async def _read_response(
