@@ -17,7 +17,7 @@ from ai_pipeline.db.transactions import TransactionRunner
 from ai_pipeline.service.limits import RateLimiter
 from ai_pipeline.service.webhooks import WebhookPolicy
 from ai_pipeline.settings import Settings
-from ai_pipeline.storage.client import create_s3_client
+from ai_pipeline.storage.client import create_presigning_client
 from ai_pipeline.storage.keys import parse_s3_uri
 
 # A catalogue change (a new model, a price) reaches the API within this many seconds; reading the
@@ -53,7 +53,7 @@ class ServiceContext:
     def presign(self, uri: str) -> tuple[str, datetime]:
         """A short-lived HTTPS (or the endpoint's scheme) URL a browser can open for an `s3://` URI."""
         if self._s3 is None:
-            self._s3 = create_s3_client(
+            self._s3 = create_presigning_client(
                 endpoint_url=self.settings.aws_endpoint_url, region_name=self.settings.aws_region
             )
         bucket, key = parse_s3_uri(uri)

@@ -97,3 +97,18 @@ def _shared_client(
     # worth it only for bodies big enough that sending one S3 would refuse is costly. Ours are small.
     client.meta.events.unregister("before-call.s3", add_expect_header)
     return client
+
+
+@functools.lru_cache(maxsize=4)
+def create_presigning_client(*, endpoint_url: str | None = None, region_name: str = "us-east-1") -> Any:
+    """A client for presigned GET URLs (the API hands them out): SigV4, which every S3-compatible store
+    accepts (botocore would otherwise presign some with the older query-string signature)."""
+    custom_endpoint = (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    config = s3_client_config(path_style=bool(custom_endpoint), max_pool_connections=2).merge(
+        Config(signature_version="s3v4")
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=region_name, config=config
+    )
