@@ -46,7 +46,9 @@ def _fresh_receiver(receiver: WebhookReceiver) -> None:
 
 @pytest.fixture(scope="module")
 def api(
-    harness: PipelineHarness, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+    harness: PipelineHarness,  # noqa: F811
+    receiver: WebhookReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiProcess]:
     environment = service_environment(harness, AI_PIPELINE_WEBHOOK_HOSTS=f"127.0.0.1:{receiver.port}")
     log = tmp_path_factory.mktemp("api") / "serve.log"

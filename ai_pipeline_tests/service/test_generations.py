@@ -126,13 +126,14 @@ def test_a_retried_post_with_the_same_external_id_returns_the_first_answer(
 
 
 def test_an_invalid_submission_is_422_naming_the_field_and_the_loaders_reason(app: App, user: str) -> None:
+    good = {"user_id": user, "model": "emulator/image", "prompt": "x"}
     cases = {
-        "user_id": ({"user_id": "no spaces allowed", "model": "emulator/image", "prompt": "x"}, "invalid_user_id"),
-        "model": ({"user_id": user, "model": "no/such-model", "prompt": "x"}, "unknown_model"),
-        "prompt": ({"user_id": user, "model": "emulator/image", "prompt": "   "}, "empty_prompt"),
-        "input": ({"user_id": user, "model": "emulator/image", "prompt": "x", "input": {"a": 1}}, "both_prompt_and_input"),
-        "external_id": ({"user_id": user, "model": "emulator/image", "prompt": "x", "external_id": "load:x"}, "invalid_external_id"),
-    }  # fmt: skip
+        "user_id": ({**good, "user_id": "no spaces allowed"}, "invalid_user_id"),
+        "model": ({**good, "model": "no/such-model"}, "unknown_model"),
+        "prompt": ({**good, "prompt": "   "}, "empty_prompt"),
+        "input": ({**good, "input": {"a": 1}}, "both_prompt_and_input"),
+        "external_id": ({**good, "external_id": "load:x"}, "invalid_external_id"),
+    }
     for field, (body, code) in cases.items():
         answer = app.client.post("/v1/generations", json=body)
         assert answer.status_code == 422, (field, answer.text)
