@@ -47,7 +47,7 @@ class Upload:
 
 def new_batch_id() -> str:
     """`batch_<UTC time>_<random>`: a valid batch name (a partition key), sorting by upload time."""
-    return f"batch_{datetime.now(UTC):%Y%m%d%H%M%S}_{secrets.token_hex(5)}"
+    return f"batch_{datetime.now(UTC):%Y%m%d%H%M%S%f}_{secrets.token_hex(4)}"
 
 
 def _unsupported(media_type: str) -> Problem:

@@ -116,7 +116,8 @@ class WebhookWorker:
         self.policy = policy
         self.poll_seconds = poll_seconds
         self.owner = f"webhooks:{socket.gethostname()}:{os.getpid()}"
-        self.lease_seconds = policy.timeout_seconds * 3 + 30
+        # Longer than one attempt can take (the deadline covers resolving, connecting and the answer).
+        self.lease_seconds = policy.timeout_seconds * 2 + 5
         self._transport = transport or httpx.AsyncHTTPTransport(retries=0)
         self._secrets: dict[str, str] = {}
 
