@@ -37,6 +37,8 @@ def service_environment(harness: PipelineHarness, **settings: str) -> dict[str, 
         "AI_PIPELINE_API_RATE_PER_SECOND": "10000",
         "AI_PIPELINE_API_RATE_BURST": "10000",
         "AI_PIPELINE_WEBHOOK_POLL_SECONDS": "0.2",
+        # a delivery cut off by a kill is made again once its lease (2 x timeout + 5 s) runs out
+        "AI_PIPELINE_WEBHOOK_TIMEOUT_SECONDS": "2",
         **settings,
     }
 
