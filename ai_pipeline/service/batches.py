@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ai_pipeline.db import api_batches
+from ai_pipeline.db.batches import BATCH_NAME
 from ai_pipeline.db.summaries import batch_summaries
 from ai_pipeline.loading import LoadError, load_file
 from ai_pipeline.loading.summary import LoadSummary
@@ -30,7 +31,7 @@ from ai_pipeline.service.webhooks import WebhookRefused
 router = APIRouter(tags=["batches"])
 
 BATCHES_PATH = "/v1/batches"
-BatchId = Annotated[str, PathParam(max_length=100, description="The batch's id")]
+BatchId = Annotated[str, PathParam(pattern=f"^{BATCH_NAME}$", description="The batch's id")]
 JSONL = "application/x-ndjson"
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -74,7 +75,7 @@ def _not_found(batch_id: str) -> Problem:
     BATCHES_PATH,
     status_code=201,
     response_model=Batch,
-    responses=problem_responses(409, 413, 415, 422),
+    responses=problem_responses(400, 413, 415, 422),
     openapi_extra={"requestBody": _UPLOAD_BODY},
     summary="Upload a batch",
 )

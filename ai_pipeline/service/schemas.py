@@ -157,6 +157,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {401: "Missing, unknown or revoked API key", 429: "Rate limited (see Retry-After)"}
     described.update(
         {
+            400: "Malformed body (a multipart form that cannot be parsed)",
             402: "Insufficient credits: nothing was recorded",
             404: "No such object for this application",
             409: "The external_id names another request",
