@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench_queries.py",
     "idle_cost.py",
     "bench_transport.py",
+    "bench_api.py",
     "bench_pipeline.py",
 ]
 

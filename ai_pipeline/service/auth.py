@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ai_pipeline.db.api_keys import key_owner
 from ai_pipeline.service.context import ServiceContext
 from ai_pipeline.service.keys import KEY_PREFIX, hash_key
 from ai_pipeline.service.problems import Problem
@@ -31,7 +30,8 @@ def _unauthorized(detail: str) -> Problem:
     )
 
 
-def context_of(request: Request) -> ServiceContext:
+async def context_of(request: Request) -> ServiceContext:
+    """The service's shared parts (async: FastAPI runs a plain function dependency on a thread)."""
     context: ServiceContext = request.app.state.context
     return context
 
@@ -45,8 +45,8 @@ async def caller(
     key = credentials.credentials
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         raise _unauthorized("the key is not valid")
-    context = context_of(request)
-    owner = await context.db.statement(key_owner, hash_key(key))
+    context: ServiceContext = request.app.state.context
+    owner = await context.key_owner(hash_key(key))
     if owner is None:
         raise _unauthorized("the key is not valid, or was revoked")
     key_id, application_id = owner

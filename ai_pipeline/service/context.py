@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ai_pipeline.catalogue import ModelSpec, load_catalogue
-from ai_pipeline.db.engine import Database
+from ai_pipeline.db import api_keys
+from ai_pipeline.db.engine import engine_for_url, resolve_database_url
 from ai_pipeline.db.transactions import TransactionRunner
 from ai_pipeline.service.limits import RateLimiter
 from ai_pipeline.service.webhooks import WebhookPolicy
@@ -20,6 +21,9 @@ from ai_pipeline.settings import Settings
 from ai_pipeline.storage.client import create_presigning_client
 from ai_pipeline.storage.keys import parse_s3_uri
 
+# A revoked key stops working within this many seconds: a key found is remembered that long, which
+# saves a database round trip on nearly every request (unknown keys are never remembered).
+KEY_CACHE_SECONDS = 1.0
 # A catalogue change (a new model, a price) reaches the API within this many seconds; reading the
 # catalogue for every submission would be a second query per request.
 CATALOGUE_SECONDS = 5.0
@@ -31,7 +35,11 @@ class ServiceContext:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine or Database(settings).engine()
+        # Each database thread keeps two connections (a transaction's and one for single statements);
+        # streamed results files and the catalogue read take more from the pool's overflow.
+        self.engine = engine or engine_for_url(
+            resolve_database_url(settings), pool_size=2 * DATABASE_THREADS + 4
+        )
         self.db = TransactionRunner(self.engine, threads=DATABASE_THREADS)
         self.rate_limiter = RateLimiter(settings.api_rate_per_second, settings.api_rate_burst)
         self.webhook_policy = WebhookPolicy.from_settings(settings)
@@ -39,6 +47,22 @@ class ServiceContext:
         self._catalogue_read_at = -CATALOGUE_SECONDS
         self._catalogue_lock = asyncio.Lock()
         self._s3: Any = None
+        self._keys: dict[bytes, tuple[float, tuple[str, str]]] = {}
+
+    async def key_owner(self, key_hash: bytes) -> tuple[str, str] | None:
+        """(key id, application) of a live key with this hash (see `KEY_CACHE_SECONDS`)."""
+        now = time.monotonic()
+        cached = self._keys.get(key_hash)
+        if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1]
+        owner = await self.db.statement(api_keys.key_owner, key_hash)
+        if owner is None:
+            self._keys.pop(key_hash, None)
+        else:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[key_hash] = (now, owner)
+        return owner
 
     async def catalogue(self) -> Mapping[str, ModelSpec]:
         """Every model (disabled ones too: the loader's rules tell 'disabled' from 'unknown')."""

@@ -87,7 +87,7 @@ class WebhookPolicy:
         if len(url) > 2000:
             raise WebhookRefused("the URL is longer than 2000 characters")
         if not url.isprintable() or not url.isascii() or " " in url:
-            raise WebhookRefused("the URL holds spaces, control or non-ASCII characters (percent-encode them)")
+            raise WebhookRefused("the URL holds spaces, control or non-ASCII characters: percent-encode them")
         try:
             parsed = httpx.URL(url)
             host = ascii_host(parsed).rstrip(".")

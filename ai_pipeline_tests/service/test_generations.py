@@ -3,13 +3,17 @@ and runs, read back with a presigned URL a browser can open; 402, 422, idempoten
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
+from ai_pipeline.cli import main
 from ai_pipeline.credits import balance
 from ai_pipeline.db.invariants import check_invariants
+from ai_pipeline.service.context import KEY_CACHE_SECONDS
 from ai_pipeline.service.keys import create_key
 from ai_pipeline.storage.uploads import object_check
 from ai_pipeline_tests.service.conftest import App
@@ -177,16 +181,13 @@ def test_a_wrong_or_revoked_key_is_401_and_another_applications_request_is_404(
         assert stranger.post(path + "/cancel").status_code == 404
         assert stranger.get("/v1/generations").json()["data"] == []
 
-    from click.testing import CliRunner
-
-    from ai_pipeline.cli import main
-
     revoked = CliRunner().invoke(
         main,
         ["keys", "revoke", app.key_id],
         env={"AI_PIPELINE_DATABASE_URL": str(engine.url.render_as_string(hide_password=False))},
     )
     assert revoked.exit_code == 0, revoked.output
+    time.sleep(KEY_CACHE_SECONDS)  # a key found is remembered this long
     answer = app.client.get(path)
     assert answer.status_code == 401 and answer.json()["type"].endswith("unauthorized")
 
