@@ -23,6 +23,7 @@ from ai_pipeline.credits import grant
 from ai_pipeline.db.engine import engine_for_url
 from ai_pipeline.db.invariants import check_invariants
 from ai_pipeline.db.summaries import batch_summaries
+from ai_pipeline.dev.api_demo import show_api_generation
 from ai_pipeline.dev.local_stack import LocalStack, dagster_processes, local_stack
 from ai_pipeline.loading import load_file
 from ai_pipeline.reporting import format_summaries
@@ -162,6 +163,7 @@ def run_demo(timeout: float = 600.0) -> bool:
         click.echo("starting the Dagster daemon; its sensor picks the batch up within seconds ...")
         with dagster_processes(stack):
             counts = wait_until_terminal(engine, batch, timeout)
+            show_api_generation(engine)
         with engine.connect() as conn:
             click.echo()
             click.echo(format_summaries(batch_summaries(conn, batch)))
