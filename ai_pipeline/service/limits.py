@@ -9,6 +9,7 @@ depend on it; it only keeps one key from crowding out the others.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -53,17 +54,31 @@ class BodyLimit:
                 await problem_response(BodyTooLarge(limit))(scope, receive, send)
                 return
         received = 0
+        over = False
+        answered = False
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    over = True
                     raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message: Message) -> None:
+            # Once the body ran over, the client gets the 413 below, whatever the app made of the
+            # exception (FastAPI turns an error while reading a body into a 400).
+            nonlocal answered
+            if not over:
+                answered = True
+                await send(message)
+
+        with contextlib.suppress(BodyTooLarge):
+            await self.app(scope, counted, guarded)
+        if over and not answered:
+            await problem_response(BodyTooLarge(limit))(scope, receive, send)
 
 
 class RateLimiter:

@@ -147,4 +147,9 @@ def test_an_upload_that_cannot_be_loaded_is_refused_whole_and_records_no_batch(a
     huge = app.client.post("/v1/generations", content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
                            headers={"Content-Type": "application/json"})  # fmt: skip
     assert huge.status_code == 413 and huge.json()["limit"] == 1024 * 1024
+    chunks = (b" " * 65536 for _ in range(40))  # chunked: no Content-Length to refuse it by up front
+    streamed = app.client.post(
+        "/v1/generations", content=chunks, headers={"Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413 and streamed.headers["content-type"] == "application/problem+json"
     assert app.client.get("/v1/batches/no-such-batch").status_code == 404
