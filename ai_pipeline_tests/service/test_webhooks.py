@@ -38,6 +38,16 @@ def _outbox(engine: Engine, event_id: str) -> dict[str, object] | None:
         return None if row is None else dict(row._mapping)
 
 
+def _delivered(engine: Engine, event_id: str, timeout: float = 10.0) -> dict[str, object]:
+    """The outbox row once the worker has recorded the acknowledgement (it does so after the receiver
+    answered, so a test that saw the delivery arrive must wait for it)."""
+    deadline = time.monotonic() + timeout
+    while (row := _outbox(engine, event_id)) is None or row["delivered_at"] is None:
+        assert time.monotonic() < deadline, f"{event_id} never recorded as delivered: {row}"
+        time.sleep(0.05)
+    return row
+
+
 def test_the_receiver_gets_exactly_the_signed_events_it_should(
     app: App, user: str, harness: PipelineHarness, receiver: WebhookReceiver
 ) -> None:
@@ -73,8 +83,7 @@ def test_an_unacknowledged_delivery_is_retried_with_the_same_id_and_body(
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == third.headers["webhook-id"]
     assert first.body == second.body == third.body
     assert len(_verified(app, [first, second, third])) == 1
-    row = _outbox(engine, f"gen_{request_id}")
-    assert row is not None and row["delivered_at"] is not None and row["attempts"] == 3
+    assert _delivered(engine, f"gen_{request_id}")["attempts"] == 3
 
 
 def test_events_written_while_the_service_is_down_are_delivered_once_it_is_back(
@@ -110,8 +119,7 @@ def test_a_delivery_cut_off_by_a_killed_service_is_made_again(
     assert {d.headers["webhook-id"] for d in deliveries} == {f"gen_{request_id}"}
     assert deliveries[0].body == deliveries[1].body
     _verified(app, deliveries)
-    row = _outbox(engine, f"gen_{request_id}")
-    assert row is not None and row["delivered_at"] is not None
+    _delivered(engine, f"gen_{request_id}")
 
 
 def test_a_webhook_url_off_the_allow_list_is_refused_at_submission(app: App, user: str) -> None:
