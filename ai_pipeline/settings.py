@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Replicate's create limit, shared by all runs through a Postgres token bucket",
     )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="After Replicate refused the account (401/402/403) or failed every call, how long"
+        " every run pauses before one probes it (`GET /v1/account`); doubles after each failed probe,"
+        " up to 10 minutes",
+    )
     sync_wait_seconds: int = Field(
         default=60, ge=1, le=60, description="`Prefer: wait=N` on creates: how long Replicate may hold one"
     )

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 from replicate.client import Client
 from sqlalchemy import Engine
 
+from ai_pipeline.db.breakers import BreakerState
 from ai_pipeline.db.claims import ClaimedRequest
 from ai_pipeline.http_transport import pooled_async_transport
 from ai_pipeline.processing.request_flow import RequestFlow, RunContext
 from ai_pipeline.processing.store import RunStore
+from ai_pipeline.replicate.breaker import SharedBreaker, account_probe
 from ai_pipeline.replicate.predictions import close_client
 from ai_pipeline.replicate.rate_limit import SharedCreateLimiter, creates_bucket
 from ai_pipeline.replicate.reconcile import UnrecordedPredictions, client_pages
@@ -40,6 +43,8 @@ class RunReport:
     batch_id: str
     outcomes: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    # How long the run waited for Replicate's circuit breaker (the account refused, or an outage).
+    paused_seconds: float = 0.0
 
     @property
     def handled(self) -> int:
@@ -57,7 +62,10 @@ class BatchRunner:
         settings: Settings,
         *,
         owner: str,
+        on_replicate_state: Callable[[BreakerState], None] | None = None,
     ) -> None:
+        """`on_replicate_state` hears every pause and resume of work at Replicate this run sees (the
+        circuit breaker opening or closing), besides this module's log."""
         self.settings = settings
         self.owner = owner
         self.replicate = replicate_client
@@ -65,6 +73,14 @@ class BatchRunner:
         self._uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3")
         self._held: set[int] = set()
         self._create_bucket = creates_bucket(settings.creates_per_minute)
+        self._on_replicate_state = on_replicate_state
+        self._breaker = SharedBreaker(
+            self.store.statement,
+            owner=owner,
+            probe=account_probe(replicate_client),
+            first_cooldown=settings.breaker_cooldown_seconds,
+            on_change=self._replicate_state_changed,
+        )
         self._context = RunContext(
             settings=settings,
             store=self.store,
@@ -72,7 +88,8 @@ class BatchRunner:
             s3=s3_client,
             uploads=self._uploads,
             limiter=SharedCreateLimiter(self.store.statement, self._create_bucket),
-            unrecorded=UnrecordedPredictions(client_pages(replicate_client)),
+            breaker=self._breaker,
+            unrecorded=UnrecordedPredictions(client_pages(replicate_client, self._breaker)),
             catalogue={},
             prediction_slots=asyncio.Semaphore(settings.max_in_flight),
             model_slots={},
@@ -103,6 +120,7 @@ class BatchRunner:
         }
         await self.store.ensure_bucket(self._create_bucket)
         await self.store.release_expired_leases(batch_id)
+        await self._breaker.start()
         # Downloads are short: a small pool suffices.
         async with pooled_async_transport(max(8, self.settings.max_in_flight // 2)) as http:
             context.http = http
@@ -111,6 +129,8 @@ class BatchRunner:
                 await self._drain(batch_id, report)
             finally:
                 renewer.cancel()
+                self._breaker.stop()
+                report.paused_seconds = self._breaker.paused_seconds
                 context.unrecorded.close()
                 context.http = None
                 await close_client(self.replicate)  # its connections belong to this event loop
@@ -160,6 +180,14 @@ class BatchRunner:
                 task.cancel()
             if ready:  # only on cancellation: give back what was claimed but never started
                 await self.store.give_back_unstarted([r.id for r in ready])
+
+    def _replicate_state_changed(self, state: BreakerState) -> None:
+        if state.closed:
+            log.warning("Replicate works again: resuming")
+        else:
+            log.warning("Replicate %s", state.describe())
+        if self._on_replicate_state is not None:
+            self._on_replicate_state(state)
 
     async def _process(self, request: ClaimedRequest) -> str:
         try:

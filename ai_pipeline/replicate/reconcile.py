@@ -25,6 +25,7 @@ from replicate.prediction import Prediction
 
 from ai_pipeline.canonical import canonical_json
 from ai_pipeline.catalogue import ModelSpec
+from ai_pipeline.replicate.breaker import SharedBreaker
 from ai_pipeline.replicate.errors import classify_failure
 from ai_pipeline.retry import Backoff, retry_async
 
@@ -162,8 +163,9 @@ def _assign(
 PAGE_RETRIES = Backoff(attempts=5, base_seconds=0.1, max_seconds=2.0)
 
 
-def client_pages(client: Client) -> ListPage:
-    """`list_page` for the official client, each page retried on transient trouble.
+def client_pages(client: Client, breaker: SharedBreaker | None = None) -> ListPage:
+    """`list_page` for the official client, each page retried on transient trouble (and each answer or
+    failure told to `breaker`).
 
     Pages are read as Replicate's JSON through the client's own request method (its auth, base URL,
     transport and GET retries; private, used by every namespace of replicate 1.0.x): its `Prediction`
@@ -176,9 +178,10 @@ def client_pages(client: Client) -> ListPage:
         return ListingPage(list(body.get("results") or []), body.get("next"))
 
     async def list_page(cursor: str | None) -> ListingPage:
-        return await retry_async(
-            lambda: fetch(cursor), PAGE_RETRIES, retry_if=lambda exc: classify_failure(exc).transient
-        )
+        def once() -> Awaitable[ListingPage]:
+            return fetch(cursor) if breaker is None else breaker.watched(lambda: fetch(cursor))
+
+        return await retry_async(once, PAGE_RETRIES, retry_if=lambda exc: classify_failure(exc).transient)
 
     return list_page
 
