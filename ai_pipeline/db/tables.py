@@ -131,6 +131,24 @@ circuit_breakers = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+flight_pools = Table(
+    "flight_pools",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("capacity", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+flight_holds = Table(
+    "flight_holds",
+    metadata,
+    Column("pool", Text, primary_key=True),
+    Column("owner", Text, primary_key=True),
+    Column("held", Integer, nullable=False),
+    Column("wanted", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
 request_transitions = Table(
     "request_transitions",
     metadata,

@@ -98,7 +98,7 @@ def batch_generations(
     s3_client = s3.get_client()
     runner = BatchRunner(
         engine,
-        replicate.client(max_connections=settings.max_in_flight + 10),
+        replicate.client(max_connections=settings.run_in_flight + 10),
         s3_client,
         settings,
         owner=run_owner(context.run_id, context.retry_number),

@@ -1,9 +1,9 @@
 """Work through one batch: many requests in flight at once, each taken as far as it goes by
 `RequestFlow` and settled by compare-and-set.
 
-The run claims due requests in chunks, keeps `max_in_flight` predictions going, renews the leases of
-what it holds, and gives back what it claimed but never started when it stops. No Dagster here: the
-batch asset calls `BatchRunner.run`.
+The run claims due requests in chunks, keeps up to `run_in_flight` predictions going (within the caps
+all runs share: processing/in_flight.py), renews the leases of what it holds, and gives back what it
+claimed but never started when it stops. No Dagster here: the batch asset calls `BatchRunner.run`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from ai_pipeline.db.breakers import BreakerState
 from ai_pipeline.db.claims import ClaimedRequest
 from ai_pipeline.http_transport import pooled_async_transport
+from ai_pipeline.processing.in_flight import SharedSlots, pool_capacities
 from ai_pipeline.processing.request_flow import RequestFlow, RunContext
 from ai_pipeline.processing.store import RunStore
 from ai_pipeline.replicate.breaker import SharedBreaker, account_probe
@@ -91,8 +92,13 @@ class BatchRunner:
             breaker=self._breaker,
             unrecorded=UnrecordedPredictions(client_pages(replicate_client, self._breaker)),
             catalogue={},
-            prediction_slots=asyncio.Semaphore(settings.max_in_flight),
-            model_slots={},
+            run_slots=asyncio.Semaphore(settings.run_in_flight),
+            slots=SharedSlots(
+                self.store.statement,
+                self.store.transactions,
+                owner=owner,
+                lease_seconds=settings.lease_seconds,
+            ),
             fetch_policy=FetchPolicy.from_settings(settings),
         )
         self._flow = RequestFlow(self._context)
@@ -113,22 +119,19 @@ class BatchRunner:
         started = time.monotonic()
         context = self._context
         context.catalogue = await self.store.catalogue()
-        context.model_slots = {
-            name: asyncio.Semaphore(spec.max_in_flight)
-            for name, spec in context.catalogue.items()
-            if spec.max_in_flight
-        }
         await self.store.ensure_bucket(self._create_bucket)
         await self.store.release_expired_leases(batch_id)
         await self._breaker.start()
+        await context.slots.start(pool_capacities(self.settings.max_in_flight, context.catalogue))
         # Downloads are short: a small pool suffices.
-        async with pooled_async_transport(max(8, self.settings.max_in_flight // 2)) as http:
+        async with pooled_async_transport(max(8, self.settings.run_in_flight // 2)) as http:
             context.http = http
             renewer = asyncio.create_task(self._renew_leases())
             try:
                 await self._drain(batch_id, report)
             finally:
                 renewer.cancel()
+                await context.slots.stop()
                 self._breaker.stop()
                 report.paused_seconds = self._breaker.paused_seconds
                 context.unrecorded.close()
@@ -140,7 +143,7 @@ class BatchRunner:
         return report
 
     async def _drain(self, batch_id: str, report: RunReport) -> None:
-        """Keep `max_in_flight` predictions going, refilling each freed slot from a queue of claimed requests.
+        """Keep `run_in_flight` predictions going, refilling each freed slot from a queue of claimed requests.
 
         The queue is topped up by one claim of up to `claim_chunk` rows when it runs low, so a slot never
         waits for the database and the database sees one claim per many requests.
@@ -151,13 +154,13 @@ class BatchRunner:
         finished: asyncio.Queue[asyncio.Task[str]] = asyncio.Queue()
         ready: deque[ClaimedRequest] = deque()
         # Tasks beyond the prediction bound are downloading, storing or settling finished work.
-        max_tasks = settings.max_in_flight + max(4, settings.max_in_flight // 2)
-        refill_below = max(1, settings.max_in_flight // 2)
+        max_tasks = settings.run_in_flight + max(4, settings.run_in_flight // 2)
+        refill_below = max(1, settings.run_in_flight // 2)
         batch_empty = False
         try:
             while True:
                 if not batch_empty and len(ready) < refill_below:
-                    wanted = min(settings.claim_chunk, settings.max_in_flight)
+                    wanted = min(settings.claim_chunk, settings.run_in_flight)
                     claimed = await self.store.claim(batch_id, wanted)
                     batch_empty = len(claimed) < wanted
                     self._held.update(request.id for request in claimed)

@@ -15,7 +15,6 @@ ends the request as `failures` says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -45,6 +44,7 @@ from ai_pipeline.processing.failures import (
     waits_for_breaker,
     worth_retrying,
 )
+from ai_pipeline.processing.in_flight import SharedSlots
 from ai_pipeline.processing.store import RunStore
 from ai_pipeline.replicate.breaker import SharedBreaker
 from ai_pipeline.replicate.errors import classify_failure, model_error_is_retryable
@@ -82,8 +82,9 @@ class RunContext:
     breaker: SharedBreaker
     unrecorded: UnrecordedPredictions
     catalogue: dict[str, ModelSpec]
-    prediction_slots: asyncio.Semaphore
-    model_slots: dict[str, asyncio.Semaphore]
+    # Predictions this run keeps in flight at most; the caps every run shares (processing/in_flight.py).
+    run_slots: asyncio.Semaphore
+    slots: SharedSlots
     fetch_policy: FetchPolicy
     http: httpx.AsyncBaseTransport | None = None
 
@@ -138,9 +139,9 @@ class RequestFlow:
         prediction = await self._existing_prediction(request, spec)
         if prediction is None:
             await run.breaker.wait_closed()  # no creates while Replicate refuses the account
-        # `max_in_flight` bounds predictions at Replicate (and a model's own cap, its share); charging
-        # sits inside the bound so nobody is charged long before their turn, downloads do not.
-        async with run.prediction_slots, run.model_slots.get(spec.name) or contextlib.nullcontext():
+        # The caps bound predictions at Replicate (this run's, all runs', the model's own); charging sits
+        # inside the bound so nobody is charged long before their turn, downloads do not.
+        async with run.run_slots, run.slots.slot(spec.name):
             if prediction is None:
                 # Wait for the create token first: the charge extends the lease, and the create must
                 # follow it at once, before anyone could take the request over and create one too.
