@@ -14,11 +14,13 @@ from sqlalchemy.exc import OperationalError
 from ai_pipeline.catalogue import CatalogueError, load_catalogue, read_catalogue_file, upsert_models
 from ai_pipeline.credits import DEFAULT_CREDIT_TYPE, balance, grant
 from ai_pipeline.db import api_keys
+from ai_pipeline.db.breakers import read_breaker
 from ai_pipeline.db.cancels import cancel_requests
 from ai_pipeline.db.engine import get_engine
 from ai_pipeline.db.migrate import upgrade_database
 from ai_pipeline.db.summaries import batch_summaries
 from ai_pipeline.db.urls import DatabaseUrlError
+from ai_pipeline.replicate.breaker import REPLICATE_BREAKER
 from ai_pipeline.reporting import format_summaries
 from ai_pipeline.settings import Settings
 
@@ -152,11 +154,15 @@ def models_list(as_json: bool) -> None:
 @click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(batch_id: str | None, as_json: bool) -> None:
-    """Show per-batch counts per status, credits, Replicate time and latency."""
+    """Show per-batch counts per status, credits, Replicate time and latency, and whether work at
+    Replicate is paused (the circuit breaker: on stderr with --json)."""
     with get_engine(Settings.from_env()).connect() as conn:
         summaries = batch_summaries(conn, batch_id)
+        replicate = read_breaker(conn, REPLICATE_BREAKER)
     if batch_id and not summaries:
         raise click.ClickException(f"no batch named {batch_id!r}")
+    if not replicate.closed:
+        click.echo(f"Replicate {replicate.describe()}", err=as_json)
     if as_json:
         click.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
     elif summaries:

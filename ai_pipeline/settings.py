@@ -89,7 +89,15 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=50,
         ge=1,
-        description="Predictions one run keeps in flight (a model's `max_in_flight` caps it per model)",
+        description="Predictions in flight at once across all runs and hosts, held to it through Postgres"
+        " (a catalogue model's `max_in_flight` caps that model the same way)",
+    )
+    run_max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Predictions one run keeps in flight at most, within `AI_PIPELINE_MAX_IN_FLIGHT`"
+        " (it sizes the run's connections and tasks)",
+        json_schema_extra={"default_text": "`AI_PIPELINE_MAX_IN_FLIGHT`"},
     )
     claim_chunk: int = Field(default=100, ge=1, description="Requests a run claims at a time")
     lease_seconds: int = Field(
@@ -102,6 +110,13 @@ class Settings(BaseSettings):
         default=600,
         ge=1,
         description="Replicate's create limit, shared by all runs through a Postgres token bucket",
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="After Replicate refused the account (401/402/403) or failed every call, how long"
+        " every run pauses before one probes it (`GET /v1/account`); doubles after each failed probe,"
+        " up to 10 minutes",
     )
     sync_wait_seconds: int = Field(
         default=60, ge=1, le=60, description="`Prefer: wait=N` on creates: how long Replicate may hold one"
@@ -188,6 +203,11 @@ class Settings(BaseSettings):
             return cls()
         except ValidationError as exc:
             raise SettingsError(describe_errors(exc)) from None
+
+    @property
+    def run_in_flight(self) -> int:
+        """Predictions one run keeps in flight at most (`run_max_in_flight`, within `max_in_flight`)."""
+        return min(self.run_max_in_flight or self.max_in_flight, self.max_in_flight)
 
     @property
     def token(self) -> str | None:

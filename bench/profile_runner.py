@@ -158,7 +158,7 @@ def main() -> None:
                 make_client(
                     settings.token,
                     settings.replicate_base_url,
-                    max_connections=settings.max_in_flight + 10,  # as the asset does
+                    max_connections=settings.run_in_flight + 10,  # as the asset does
                 ),
                 create_s3_client(
                     endpoint_url=s3_url, aws_access_key_id="local", aws_secret_access_key="local"

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from ai_pipeline.db.flight import drop_holds
 from ai_pipeline.db.lifecycle import CLAIM, HAND_BACK, RequestStatus
 
 _CLAIMED_COLUMNS = (
@@ -119,13 +120,15 @@ def release_many(conn: Connection, request_ids: list[int], owner: str) -> int:
 
 
 def release_run(conn: Connection, run_id: str, error: str) -> int:
-    """Give back everything a run (any attempt of it) still holds; returns how many.
+    """Give back everything a run (any attempt of it) still holds: its requests (returns how many) and
+    its slots for predictions in flight.
 
     Used when a run failed, was canceled or died, and by a retried step for its earlier attempt. Each
     request keeps its place in the queue (`available_at` stays as it was, due since it was claimed), so
     the next claim resumes it first instead of after every request loaded behind it: a resume that waits
     too long may no longer find the prediction a crash left unrecorded.
     """
+    drop_holds(conn, run_id)
     return conn.execute(
         text(
             f"UPDATE generation_requests SET status = '{HAND_BACK.target}', error = :error,"

@@ -121,6 +121,40 @@ rate_limit_buckets = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+circuit_breakers = Table(
+    "circuit_breakers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("reason", Text),
+    Column("opened_at", DateTime(timezone=True)),
+    Column("probe_at", DateTime(timezone=True)),
+    Column("cooldown_seconds", Float, nullable=False),
+    Column("probe_owner", Text),
+    Column("probe_expires_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("generation", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+flight_pools = Table(
+    "flight_pools",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("capacity", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+flight_holds = Table(
+    "flight_holds",
+    metadata,
+    Column("pool", Text, primary_key=True),
+    Column("owner", Text, primary_key=True),
+    Column("held", Integer, nullable=False),
+    Column("wanted", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
 request_transitions = Table(
     "request_transitions",
     metadata,

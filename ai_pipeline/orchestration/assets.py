@@ -1,5 +1,6 @@
 """The batch asset: one materialisation per batch partition, produced by working through the batch."""
 
+from collections.abc import Callable
 from typing import Any
 
 from dagster import (
@@ -15,6 +16,7 @@ from dagster import (
 from sqlalchemy import Connection
 
 from ai_pipeline.db import batches, claims, recovery
+from ai_pipeline.db.breakers import BreakerState
 from ai_pipeline.db.engine import Database
 from ai_pipeline.db.summaries import BatchSummary, batch_summaries
 from ai_pipeline.db.transactions import run_in_transaction
@@ -28,6 +30,8 @@ from ai_pipeline.storage.manifest import write_manifest
 # Tag the sensor puts on the runs it launches; a run without it was launched by a person (the UI,
 # a backfill), and then the batch's failed requests are reprocessed too.
 LAUNCHED_BY_TAG = "ai_pipeline/launched_by"
+# Tag a run gets while Replicate's circuit breaker pauses it: why, and when it resumed.
+REPLICATE_TAG = "ai_pipeline/replicate"
 
 
 def run_owner(run_id: str, retry_number: int) -> str:
@@ -41,6 +45,21 @@ def _take_over(conn: Connection, run_id: str, batch_id: str, *, reprocess_failur
     released = claims.release_run(conn, run_id, "previous attempt of the run failed")
     requeued = recovery.requeue_failed(conn, batch_id, only_retryable=False) if reprocess_failures else 0
     return released, requeued
+
+
+def _say_replicate_state(context: AssetExecutionContext) -> Callable[[BreakerState], None]:
+    """The run's log and a run tag say when Replicate pauses the run, why, and when it resumes."""
+
+    def say(state: BreakerState) -> None:
+        if state.closed:
+            context.log.info("Replicate works again: resuming")
+            tag = "resumed"
+        else:
+            context.log.warning(f"Replicate {state.describe()}")
+            tag = f"paused: {state.reason}"[:255]
+        context.instance.add_run_tags(context.run_id, {REPLICATE_TAG: tag})
+
+    return say
 
 
 def _batch_report(conn: Connection, batch_id: str) -> tuple[BatchSummary | None, list[dict[str, Any]]]:
@@ -79,10 +98,11 @@ def batch_generations(
     s3_client = s3.get_client()
     runner = BatchRunner(
         engine,
-        replicate.client(max_connections=settings.max_in_flight + 10),
+        replicate.client(max_connections=settings.run_in_flight + 10),
         s3_client,
         settings,
         owner=run_owner(context.run_id, context.retry_number),
+        on_replicate_state=_say_replicate_state(context),
     )
     report = runner.run(batch_id)
     context.log.info(f"batch {batch_id}: {dict(report.outcomes)} in {report.seconds:.1f}s")
@@ -95,6 +115,7 @@ def batch_generations(
         "requests": MetadataValue.int(len(rows)),
         "this_run": MetadataValue.json(dict(report.outcomes)),
         "run_seconds": MetadataValue.float(round(report.seconds, 2)),
+        "replicate_paused_seconds": MetadataValue.float(round(report.paused_seconds, 2)),
         "manifest_parquet": MetadataValue.path(manifest_uris[0]),
         "manifest_csv": MetadataValue.path(manifest_uris[1]),
     }

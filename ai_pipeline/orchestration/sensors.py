@@ -30,12 +30,14 @@ from dagster import (
 from sqlalchemy import Connection
 
 from ai_pipeline.db import batches, claims
+from ai_pipeline.db.breakers import BreakerState, read_breaker
 from ai_pipeline.db.engine import Database
 from ai_pipeline.db.transactions import run_in_transaction
 from ai_pipeline.orchestration.assets import LAUNCHED_BY_TAG
 from ai_pipeline.orchestration.jobs import PROCESS_BATCH_JOB, process_batch_job
 from ai_pipeline.orchestration.partitions import BATCHES, batch_partitions
 from ai_pipeline.processing.sweeper import SweepPolicy, replicate_canceler, sweep
+from ai_pipeline.replicate.breaker import REPLICATE_BREAKER
 from ai_pipeline.settings import Settings
 
 ACTIVE_RUN_STATUSES = [
@@ -93,13 +95,16 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
         description="Finds batches with due pending requests and launches a run per batch partition.",
     )
     def batch_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        refused, rolled, due = run_in_transaction(database.engine(), _prepare_due_batches)
+        refused, rolled, due, replicate = run_in_transaction(database.engine(), _prepare_due_batches)
         if refused or rolled:
             context.log.info(
                 f"refused {refused} bad batch name(s); {rolled} request(s) put in the live batch"
             )
         if not due:
             return SkipReason("no batch has due work")
+        if not replicate.closed and not replicate.probe_due:
+            # Runs would only wait; once a probe is due, a run launched now (or one waiting) makes it.
+            return SkipReason(f"{len(due)} batch(es) wait: Replicate {replicate.describe()}")
 
         known = set(json.loads(context.cursor)) if context.cursor else set()
         if not known.issuperset(due):
@@ -167,8 +172,9 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
     return [batch_sensor, release_after_run_failure, release_after_run_cancel, sweeper]
 
 
-def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str]]:
-    """Refuse bad batch names, batch requests written one at a time, and find batches with due work.
+def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str], BreakerState]:
+    """Refuse bad batch names, batch requests written one at a time, find batches with due work, and
+    whether Replicate's circuit breaker pauses work.
 
     (Expired leases are the sweeper's: it releases them, or gives up on requests out of attempts.)
     """
@@ -176,4 +182,4 @@ def _prepare_due_batches(conn: Connection) -> tuple[int, int, list[str]]:
     rolled = batches.assign_rolling_batch(conn, batches.rolling_batch_name())
     due = batches.due_batches(conn)
     batches.ensure_batches(conn, due)
-    return refused, rolled, due
+    return refused, rolled, due, read_breaker(conn, REPLICATE_BREAKER)

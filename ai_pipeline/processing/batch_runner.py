@@ -1,9 +1,9 @@
 """Work through one batch: many requests in flight at once, each taken as far as it goes by
 `RequestFlow` and settled by compare-and-set.
 
-The run claims due requests in chunks, keeps `max_in_flight` predictions going, renews the leases of
-what it holds, and gives back what it claimed but never started when it stops. No Dagster here: the
-batch asset calls `BatchRunner.run`.
+The run claims due requests in chunks, keeps up to `run_in_flight` predictions going (within the caps
+all runs share: processing/in_flight.py), renews the leases of what it holds, and gives back what it
+claimed but never started when it stops. No Dagster here: the batch asset calls `BatchRunner.run`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,13 @@ from typing import Any
 from replicate.client import Client
 from sqlalchemy import Engine
 
+from ai_pipeline.db.breakers import BreakerState
 from ai_pipeline.db.claims import ClaimedRequest
 from ai_pipeline.http_transport import pooled_async_transport
+from ai_pipeline.processing.in_flight import SharedSlots, pool_capacities
 from ai_pipeline.processing.request_flow import RequestFlow, RunContext
 from ai_pipeline.processing.store import RunStore
+from ai_pipeline.replicate.breaker import SharedBreaker, account_probe
 from ai_pipeline.replicate.predictions import close_client
 from ai_pipeline.replicate.rate_limit import SharedCreateLimiter, creates_bucket
 from ai_pipeline.replicate.reconcile import UnrecordedPredictions, client_pages
@@ -40,6 +44,8 @@ class RunReport:
     batch_id: str
     outcomes: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    # How long the run waited for Replicate's circuit breaker (the account refused, or an outage).
+    paused_seconds: float = 0.0
 
     @property
     def handled(self) -> int:
@@ -57,7 +63,10 @@ class BatchRunner:
         settings: Settings,
         *,
         owner: str,
+        on_replicate_state: Callable[[BreakerState], None] | None = None,
     ) -> None:
+        """`on_replicate_state` hears every pause and resume of work at Replicate this run sees (the
+        circuit breaker opening or closing), besides this module's log."""
         self.settings = settings
         self.owner = owner
         self.replicate = replicate_client
@@ -65,6 +74,14 @@ class BatchRunner:
         self._uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3")
         self._held: set[int] = set()
         self._create_bucket = creates_bucket(settings.creates_per_minute)
+        self._on_replicate_state = on_replicate_state
+        self._breaker = SharedBreaker(
+            self.store.statement,
+            owner=owner,
+            probe=account_probe(replicate_client),
+            first_cooldown=settings.breaker_cooldown_seconds,
+            on_change=self._replicate_state_changed,
+        )
         self._context = RunContext(
             settings=settings,
             store=self.store,
@@ -72,10 +89,16 @@ class BatchRunner:
             s3=s3_client,
             uploads=self._uploads,
             limiter=SharedCreateLimiter(self.store.statement, self._create_bucket),
-            unrecorded=UnrecordedPredictions(client_pages(replicate_client)),
+            breaker=self._breaker,
+            unrecorded=UnrecordedPredictions(client_pages(replicate_client, self._breaker)),
             catalogue={},
-            prediction_slots=asyncio.Semaphore(settings.max_in_flight),
-            model_slots={},
+            run_slots=asyncio.Semaphore(settings.run_in_flight),
+            slots=SharedSlots(
+                self.store.statement,
+                self.store.transactions,
+                owner=owner,
+                lease_seconds=settings.lease_seconds,
+            ),
             fetch_policy=FetchPolicy.from_settings(settings),
         )
         self._flow = RequestFlow(self._context)
@@ -96,21 +119,21 @@ class BatchRunner:
         started = time.monotonic()
         context = self._context
         context.catalogue = await self.store.catalogue()
-        context.model_slots = {
-            name: asyncio.Semaphore(spec.max_in_flight)
-            for name, spec in context.catalogue.items()
-            if spec.max_in_flight
-        }
         await self.store.ensure_bucket(self._create_bucket)
         await self.store.release_expired_leases(batch_id)
+        await self._breaker.start()
+        await context.slots.start(pool_capacities(self.settings.max_in_flight, context.catalogue))
         # Downloads are short: a small pool suffices.
-        async with pooled_async_transport(max(8, self.settings.max_in_flight // 2)) as http:
+        async with pooled_async_transport(max(8, self.settings.run_in_flight // 2)) as http:
             context.http = http
             renewer = asyncio.create_task(self._renew_leases())
             try:
                 await self._drain(batch_id, report)
             finally:
                 renewer.cancel()
+                await context.slots.stop()
+                self._breaker.stop()
+                report.paused_seconds = self._breaker.paused_seconds
                 context.unrecorded.close()
                 context.http = None
                 await close_client(self.replicate)  # its connections belong to this event loop
@@ -120,7 +143,7 @@ class BatchRunner:
         return report
 
     async def _drain(self, batch_id: str, report: RunReport) -> None:
-        """Keep `max_in_flight` predictions going, refilling each freed slot from a queue of claimed requests.
+        """Keep `run_in_flight` predictions going, refilling each freed slot from a queue of claimed requests.
 
         The queue is topped up by one claim of up to `claim_chunk` rows when it runs low, so a slot never
         waits for the database and the database sees one claim per many requests.
@@ -131,13 +154,13 @@ class BatchRunner:
         finished: asyncio.Queue[asyncio.Task[str]] = asyncio.Queue()
         ready: deque[ClaimedRequest] = deque()
         # Tasks beyond the prediction bound are downloading, storing or settling finished work.
-        max_tasks = settings.max_in_flight + max(4, settings.max_in_flight // 2)
-        refill_below = max(1, settings.max_in_flight // 2)
+        max_tasks = settings.run_in_flight + max(4, settings.run_in_flight // 2)
+        refill_below = max(1, settings.run_in_flight // 2)
         batch_empty = False
         try:
             while True:
                 if not batch_empty and len(ready) < refill_below:
-                    wanted = min(settings.claim_chunk, settings.max_in_flight)
+                    wanted = min(settings.claim_chunk, settings.run_in_flight)
                     claimed = await self.store.claim(batch_id, wanted)
                     batch_empty = len(claimed) < wanted
                     self._held.update(request.id for request in claimed)
@@ -160,6 +183,14 @@ class BatchRunner:
                 task.cancel()
             if ready:  # only on cancellation: give back what was claimed but never started
                 await self.store.give_back_unstarted([r.id for r in ready])
+
+    def _replicate_state_changed(self, state: BreakerState) -> None:
+        if state.closed:
+            log.warning("Replicate works again: resuming")
+        else:
+            log.warning("Replicate %s", state.describe())
+        if self._on_replicate_state is not None:
+            self._on_replicate_state(state)
 
     async def _process(self, request: ClaimedRequest) -> str:
         try:

@@ -1,6 +1,9 @@
 """How trouble with one request ends, and how long a run keeps trying before it says so.
 
-A call that fails is retried in the run (`CALLS`) while its failure is transient; what is left is one of:
+A call that fails is retried in the run (`CALLS`) while its failure is transient. Trouble with the
+account, not the request (401/402/403), or any trouble while the shared circuit breaker is open,
+neither ends nor hands back the request: it waits for the breaker and carries on (`waits_for_breaker`).
+What is left is one of:
 - `Transient`: may pass later: the request goes back to the queue (after `max_attempts` claims it fails);
 - `Permanent`: will not pass: the request fails and is refunded;
 - `LeaseLost`: another run holds the request now: leave it alone.
@@ -65,3 +68,14 @@ def worth_retrying(exc: Exception) -> bool:
 def retry_after(exc: Exception) -> float | None:
     """How long Replicate asked the caller to wait (a 429), if it said."""
     return None if isinstance(exc, RequestFailure) else classify_failure(exc).retry_after
+
+
+def waits_for_breaker(exc: Exception, *, breaker_open: bool) -> bool:
+    """Whether a call that failed for good waits for Replicate's circuit breaker to close and is then
+    tried again, instead of ending the request: when Replicate refused the account (401/402/403), and
+    for transient trouble while the breaker is open (an outage, not this request's). Such a request is
+    never failed, refunded or charged again for it."""
+    if isinstance(exc, RequestFailure):
+        return False
+    failure = classify_failure(exc)
+    return failure.account or (failure.transient and breaker_open)

@@ -7,14 +7,14 @@
 3. poll until it ends; store every output in S3 under a deterministic key;
 4. settle: `succeeded` with the S3 URIs, `failed` + refund, or back to `pending` to retry later.
 
-Calls are retried in the run while their trouble is transient (`failures.CALLS`); what is left ends the
-request as `failures` says.
+Calls are retried in the run while their trouble is transient (`failures.CALLS`); trouble with the
+Replicate account waits for the shared circuit breaker (`replicate.breaker`) and carries on; what is left
+ends the request as `failures` says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -41,9 +41,12 @@ from ai_pipeline.processing.failures import (
     Transient,
     replicate_call_failed,
     retry_after,
+    waits_for_breaker,
     worth_retrying,
 )
+from ai_pipeline.processing.in_flight import SharedSlots
 from ai_pipeline.processing.store import RunStore
+from ai_pipeline.replicate.breaker import SharedBreaker
 from ai_pipeline.replicate.errors import classify_failure, model_error_is_retryable
 from ai_pipeline.replicate.predictions import (
     TERMINAL_PREDICTION_STATUSES,
@@ -76,10 +79,12 @@ class RunContext:
     s3: Any
     uploads: Executor
     limiter: SharedCreateLimiter
+    breaker: SharedBreaker
     unrecorded: UnrecordedPredictions
     catalogue: dict[str, ModelSpec]
-    prediction_slots: asyncio.Semaphore
-    model_slots: dict[str, asyncio.Semaphore]
+    # Predictions this run keeps in flight at most; the caps every run shares (processing/in_flight.py).
+    run_slots: asyncio.Semaphore
+    slots: SharedSlots
     fetch_policy: FetchPolicy
     http: httpx.AsyncBaseTransport | None = None
 
@@ -132,9 +137,11 @@ class RequestFlow:
             return await self._reject(request, f"unknown model {request.model!r}")
 
         prediction = await self._existing_prediction(request, spec)
-        # `max_in_flight` bounds predictions at Replicate (and a model's own cap, its share); charging
-        # sits inside the bound so nobody is charged long before their turn, downloads do not.
-        async with run.prediction_slots, run.model_slots.get(spec.name) or contextlib.nullcontext():
+        if prediction is None:
+            await run.breaker.wait_closed()  # no creates while Replicate refuses the account
+        # The caps bound predictions at Replicate (this run's, all runs', the model's own); charging sits
+        # inside the bound so nobody is charged long before their turn, downloads do not.
+        async with run.run_slots, run.slots.slot(spec.name):
             if prediction is None:
                 # Wait for the create token first: the charge extends the lease, and the create must
                 # follow it at once, before anyone could take the request over and create one too.
@@ -169,12 +176,28 @@ class RequestFlow:
         call: Callable[[], Awaitable[T]],
         before_retry: Callable[[Exception], Awaitable[None]] | None = None,
     ) -> T:
-        try:
-            return await retry_async(
-                call, CALLS, retry_if=worth_retrying, retry_after=retry_after, before_retry=before_retry
-            )
-        except Exception as exc:
-            raise replicate_call_failed(exc) from exc
+        """`call`, retried while its trouble is transient, and after the circuit breaker closes again
+        while the trouble is the account's (`failures.waits_for_breaker`); every answer and failure is
+        told to the breaker."""
+        breaker = self.run.breaker
+
+        async def attempt() -> T:
+            return await breaker.watched(call)
+
+        async def before_next(exc: Exception) -> None:
+            await breaker.wait_closed()
+            if before_retry is not None:
+                await before_retry(exc)
+
+        while True:
+            try:
+                return await retry_async(
+                    attempt, CALLS, retry_if=worth_retrying, retry_after=retry_after, before_retry=before_next
+                )
+            except Exception as exc:
+                if not waits_for_breaker(exc, breaker_open=breaker.is_open):
+                    raise replicate_call_failed(exc) from exc
+                await before_next(exc)
 
     async def _existing_prediction(self, request: ClaimedRequest, spec: ModelSpec) -> Prediction | None:
         """When resuming: the prediction this request already has, or one a crash left unrecorded."""

@@ -13,6 +13,9 @@ from replicate.exceptions import ReplicateError
 
 # Statuses worth trying again: throttled, or the service (or something in front of it) hiccuped.
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# The account, not the request: a token that is wrong or revoked (401), billing stopped (402), access
+# refused (403). Every call fails alike until someone fixes the account: the pipeline pauses.
+ACCOUNT_STATUSES = frozenset({401, 402, 403})
 _RETRY_IN = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
@@ -30,6 +33,17 @@ class CallFailure:
     @property
     def throttled(self) -> bool:
         return self.status == 429
+
+    @property
+    def account(self) -> bool:
+        """Replicate refused the account, not this request (401/402/403)."""
+        return self.status in ACCOUNT_STATUSES
+
+    @property
+    def service_trouble(self) -> bool:
+        """Replicate (or what stands before it) failed or did not answer: one of these is a hiccup, a
+        run of them from every call an outage."""
+        return self.transient and (self.status is None or self.status >= 500)
 
 
 def classify_failure(exc: BaseException) -> CallFailure:

@@ -3,9 +3,9 @@
 Replicate has no idempotency key and its list endpoint no filter: the only way to learn whether a
 create whose answer was lost (a dropped connection, a 5xx from a proxy, a worker killed mid-call) made
 a prediction is to page through the account's predictions, newest first, back to the moment the intent
-was recorded, and match by model and input. A page costs the same whoever reads it, so a run gathers
-every request that needs a look into one scan: after a worker is killed, its fifty resumed requests cost
-one listing, not fifty.
+was recorded, and match by what was run and its input (`made_for`). A page costs the same whoever reads
+it, so a run gathers every request that needs a look into one scan: after a worker is killed, its fifty
+resumed requests cost one listing, not fifty.
 
 A listing that cannot reach its horizon (page limit, transient errors) raises: "not found" is only said
 after every prediction since the intent was seen, because "not found" leads to a new, billed create.
@@ -25,6 +25,7 @@ from replicate.prediction import Prediction
 
 from ai_pipeline.canonical import canonical_json
 from ai_pipeline.catalogue import ModelSpec
+from ai_pipeline.replicate.breaker import SharedBreaker
 from ai_pipeline.replicate.errors import classify_failure
 from ai_pipeline.retry import Backoff, retry_async
 
@@ -53,14 +54,49 @@ class Lookup:
         return canonical_json(self.model_input)
 
 
-def _matches(prediction: Prediction, lookup: Lookup) -> bool:
-    spec = lookup.spec
-    if spec.replicate_version and not spec.replicate_deployment:
-        return prediction.version == spec.replicate_version
+def made_for(spec: ModelSpec, listed: dict[str, Any]) -> bool:
+    """Whether a listed prediction (Replicate's JSON) was made the way `spec` makes its creates.
+
+    - through a deployment: its `deployment` names that deployment (the model and version it reports are
+      the release's, which the same model run directly reports too);
+    - by version: its `version` is that version id (and its `model` the catalogue's, when named), and no
+      deployment made it;
+    - an official model by name: its `model` is that owner/name and no deployment made it. Official
+      models answer with version ids of their own (reference/REPLICATE_NOTES.md), so the version says
+      nothing there.
+    Predictions started on the website (`source: web`) are never ours. A listing that does not report
+    `deployment` at all cannot tell a deployment's predictions from its model's: there only the model
+    and version are held to the spec, as far as the catalogue names them.
+    """
+    if listed.get("source") not in (None, "api"):
+        return False
+    deployment = listed.get("deployment")
+    deployment_reported = "deployment" in listed
+    if spec.replicate_deployment:
+        return deployment == spec.replicate_deployment or not deployment_reported
+    if deployment:
+        return False
+    if spec.replicate_model and listed.get("model") != spec.replicate_model:
+        return False
+    if spec.replicate_version:
+        return listed.get("version") == _version_id(spec.replicate_version)
     return True
 
 
-ListPage = Callable[[str | None], Awaitable[Any]]
+def _version_id(version: str) -> str:
+    """The id of a catalogue version, which may be written `owner/name:id`."""
+    return version.rpartition(":")[2]
+
+
+@dataclass(frozen=True)
+class ListingPage:
+    """One page of `GET /v1/predictions`: the predictions as Replicate sent them, and the next page."""
+
+    results: list[dict[str, Any]]
+    next: str | None
+
+
+ListPage = Callable[[str | None], Awaitable[ListingPage]]
 
 
 async def scan(
@@ -78,21 +114,21 @@ async def scan(
     for index, lookup in enumerate(lookups):
         by_input[lookup.canonical_input].append(index)
     horizon = min(lookup.created_after for lookup in lookups) - CLOCK_SLACK
-    seen: dict[str, list[Prediction]] = defaultdict(list)  # input -> candidates, newest first
+    seen: dict[str, list[dict[str, Any]]] = defaultdict(list)  # input -> candidates, newest first
     cursor: str | None = None
     for _ in range(max_pages):
         page = await list_page(cursor)
         reached_horizon = False
-        for prediction in page.results:
-            created = _parse_time(prediction.created_at)
+        for listed in page.results:
+            created = _parse_time(listed.get("created_at"))
             if created is not None and created < horizon:
                 reached_horizon = True
                 break
-            if prediction.input is None:
+            if not isinstance(listed.get("input"), dict):
                 continue
-            key = canonical_json(prediction.input)
+            key = canonical_json(listed["input"])
             if key in by_input:
-                seen[key].append(prediction)
+                seen[key].append(listed)
         if reached_horizon or not page.next:
             return _assign(lookups, by_input, seen)
         cursor = page.next
@@ -100,7 +136,7 @@ async def scan(
 
 
 def _assign(
-    lookups: list[Lookup], by_input: dict[str, list[int]], seen: dict[str, list[Prediction]]
+    lookups: list[Lookup], by_input: dict[str, list[int]], seen: dict[str, list[dict[str, Any]]]
 ) -> list[Prediction | None]:
     answers: list[Prediction | None] = [None] * len(lookups)
     for key, indexes in by_input.items():
@@ -108,16 +144,16 @@ def _assign(
         oldest_first = list(reversed(seen.get(key, [])))
         for index in sorted(indexes, key=lambda i: lookups[i].created_after):
             lookup = lookups[index]
-            for prediction in oldest_first:
-                created = _parse_time(prediction.created_at)
+            for listed in oldest_first:
+                created = _parse_time(listed.get("created_at"))
                 if (
-                    prediction.id not in taken
-                    and prediction.id not in lookup.exclude_ids
+                    listed["id"] not in taken
+                    and listed["id"] not in lookup.exclude_ids
                     and (created is None or created >= lookup.created_after - CLOCK_SLACK)
-                    and _matches(prediction, lookup)
+                    and made_for(lookup.spec, listed)
                 ):
-                    answers[index] = prediction
-                    taken.add(prediction.id)
+                    answers[index] = Prediction(**listed)
+                    taken.add(listed["id"])
                     break
     return answers
 
@@ -127,15 +163,25 @@ def _assign(
 PAGE_RETRIES = Backoff(attempts=5, base_seconds=0.1, max_seconds=2.0)
 
 
-def client_pages(client: Client) -> ListPage:
-    """`list_page` for the official client, each page retried on transient trouble."""
+def client_pages(client: Client, breaker: SharedBreaker | None = None) -> ListPage:
+    """`list_page` for the official client, each page retried on transient trouble (and each answer or
+    failure told to `breaker`).
 
-    async def list_page(cursor: str | None) -> Any:
-        return await retry_async(
-            lambda: client.predictions.async_list(cursor if cursor is not None else ...),
-            PAGE_RETRIES,
-            retry_if=lambda exc: classify_failure(exc).transient,
-        )
+    Pages are read as Replicate's JSON through the client's own request method (its auth, base URL,
+    transport and GET retries; private, used by every namespace of replicate 1.0.x): its `Prediction`
+    model drops `deployment` and `source`, which the match needs (`made_for`).
+    """
+
+    async def fetch(cursor: str | None) -> ListingPage:
+        response = await client._async_request("GET", cursor or "/v1/predictions")
+        body = response.json()
+        return ListingPage(list(body.get("results") or []), body.get("next"))
+
+    async def list_page(cursor: str | None) -> ListingPage:
+        def once() -> Awaitable[ListingPage]:
+            return fetch(cursor) if breaker is None else breaker.watched(lambda: fetch(cursor))
+
+        return await retry_async(once, PAGE_RETRIES, retry_if=lambda exc: classify_failure(exc).transient)
 
     return list_page
 

@@ -3,12 +3,17 @@
 `DeadRun` takes the very steps `BatchRunner` takes (claim under a lease, debit + intent, create at
 Replicate, store the id) and can stop between any two of them; `die()` lets its leases run out, as a
 SIGKILLed worker's do. `failed_ago` ends a request failed (refunded) as a run would have, a while ago.
+`start_worker` starts a real run worker in a process of its own (worker.py), to be SIGKILLed.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import replicate
 from sqlalchemy import Engine, text
@@ -19,6 +24,7 @@ from ai_pipeline.credits import Charge, LedgerEntry
 from ai_pipeline.db import claims, settling
 from ai_pipeline.db.claims import ClaimedRequest
 from ai_pipeline.processing.sweeper import SweepPolicy, SweepReport, replicate_canceler, sweep
+from ai_pipeline_tests.support.databases import REPO_ROOT
 from ai_pipeline_tests.support.pipeline import PipelineHarness
 from ai_pipeline_tests.support.settings import TEST_TOKEN
 
@@ -136,3 +142,28 @@ def batch_statuses(engine: Engine, batch_id: str) -> dict[str, int]:
                 {"b": batch_id},
             ).all()
         )
+
+
+def start_worker(
+    harness: PipelineHarness, batch: str, owner: str, *, lease_seconds: int, **options: Any
+) -> subprocess.Popen[bytes]:
+    """A worker process on `batch` against the harness's database, S3 endpoint and emulator; `options`
+    as `main` reads them (`max_in_flight`, `run_max_in_flight`, `sync_wait_seconds`)."""
+    emulator = urlsplit(harness.emulator.base_url)
+    config = {
+        "database_url": harness.database_url,
+        "batch": batch,
+        "owner": owner,
+        "bucket": harness.bucket,
+        "s3_endpoint_url": harness.s3_endpoint_url,
+        "replicate_base_url": harness.emulator.base_url,
+        "output_host": f"{emulator.hostname}:{emulator.port}",
+        "token": TEST_TOKEN,
+        "lease_seconds": lease_seconds,
+        **options,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ai_pipeline_tests.crash_safety.worker", json.dumps(config)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+    )

@@ -3,46 +3,20 @@ twice, and no request that had a prediction gets a second one."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
 
 from ai_pipeline.credits import grant
 from ai_pipeline.db.invariants import check_invariants
 from ai_pipeline.storage.uploads import object_check
-from ai_pipeline_tests.crash_safety.crashes import batch_statuses, creates_of, sweep_once
-from ai_pipeline_tests.support.databases import REPO_ROOT
+from ai_pipeline_tests.crash_safety.crashes import batch_statuses, creates_of, start_worker, sweep_once
 from ai_pipeline_tests.support.factories import insert_request
 from ai_pipeline_tests.support.pipeline import PipelineHarness
-from ai_pipeline_tests.support.settings import TEST_TOKEN
 
 LEASE_SECONDS = 3
-
-
-def _start_worker(harness: PipelineHarness, batch: str, owner: str) -> subprocess.Popen[bytes]:
-    emulator = urlsplit(harness.emulator.base_url)
-    options = {
-        "database_url": harness.database_url,
-        "batch": batch,
-        "owner": owner,
-        "bucket": harness.bucket,
-        "s3_endpoint_url": harness.s3_endpoint_url,
-        "replicate_base_url": harness.emulator.base_url,
-        "output_host": f"{emulator.hostname}:{emulator.port}",
-        "token": TEST_TOKEN,
-        "lease_seconds": LEASE_SECONDS,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "ai_pipeline_tests.crash_safety.worker", json.dumps(options)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-    )
 
 
 def _in_flight_predictions(engine: Engine, batch: str) -> dict[int, str]:
@@ -72,7 +46,7 @@ def test_a_worker_killed_mid_batch_leaves_nothing_open_nor_charged_twice_nor_pre
             )
     harness.emulator.configure(predict_seconds=3.0, predict_jitter_seconds=0.5)
 
-    worker = _start_worker(harness, batch, owner=f"worker-{unique}")
+    worker = start_worker(harness, batch, owner=f"worker-{unique}", lease_seconds=LEASE_SECONDS)
     try:
         deadline = time.monotonic() + 60
         while len(_in_flight_predictions(engine, batch)) < 10:

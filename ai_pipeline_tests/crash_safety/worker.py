@@ -1,8 +1,10 @@
-"""A run worker in its own process, for tests that SIGKILL it: one `BatchRunner` working through a batch.
+"""A run worker in its own process, for tests that SIGKILL it or run several at once: one `BatchRunner`
+working through a batch.
 
     python -m ai_pipeline_tests.crash_safety.worker '{"database_url": ..., "batch": ..., ...}'
 
 It is exactly what a Dagster run does inside `batch_generations`, without Dagster's start-up cost.
+`crashes.start_worker` starts one on a test harness's parts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(raw: str) -> None:
         output_max_bytes=10 * 1024 * 1024,
         output_timeout_seconds=30,
         max_in_flight=options.get("max_in_flight", 20),
+        run_max_in_flight=options.get("run_max_in_flight"),
         lease_seconds=options["lease_seconds"],
         creates_per_minute=6000,
         sync_wait_seconds=options.get("sync_wait_seconds", 1),

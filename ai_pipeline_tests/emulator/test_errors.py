@@ -1,4 +1,4 @@
-"""Error answers with Replicate's status codes and problem+json bodies: 401, 404, 422."""
+"""Error answers with Replicate's status codes and problem+json bodies: 401, 402, 404, 422."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def test_only_the_configured_token_is_accepted_when_one_is_required(emu: InProce
 
     assert raised.value.status == 401
     assert right.predictions.list().results == []
+
+
+def test_an_account_whose_billing_stopped_is_refused_creates_and_may_still_read(
+    emu: InProcessEmulator, client: replicate.Client
+) -> None:
+    emu.configure(billing_required=True)
+
+    with pytest.raises(replicate.exceptions.ReplicateError) as raised:
+        client.models.predictions.create(model=IMAGES_MODEL, input={"prompt": "x"})
+
+    assert raised.value.status == 402
+    assert raised.value.title == "Billing required"
+    assert client.predictions.list().results == []
+    assert client.accounts.current().username == "emulator"
+    emu.configure(billing_required=False)
+    assert client.predictions.create(version=IMAGE_MODEL_VERSION, input={"prompt": "x"}).id
+    assert emu.stats()["predictions_created"] == 1
 
 
 def test_unknown_version_is_422_invalid_version(client: replicate.Client) -> None:

@@ -112,6 +112,18 @@ def test_official_model_returns_a_list_of_pngs(client: replicate.Client) -> None
     assert prediction.metrics is not None and prediction.metrics["image_count"] == 3
 
 
+def test_an_official_model_run_by_name_answers_with_a_version_id_of_its_own(
+    client: replicate.Client,
+) -> None:
+    by_name = client.models.predictions.create(model=TEXT_MODEL, input={"prompt": "which version"})
+    by_version = client.predictions.create(version=TEXT_MODEL_VERSION, input={"prompt": "which version"})
+
+    assert by_name.model == by_version.model == TEXT_MODEL
+    assert by_version.version == TEXT_MODEL_VERSION
+    assert by_name.version != TEXT_MODEL_VERSION and by_name.version.startswith("dp-")
+    assert client.predictions.get(by_name.id).version == by_name.version
+
+
 def test_official_model_defaults_to_two_images(client: replicate.Client) -> None:
     output = client.run(IMAGES_MODEL, input={"prompt": "defaults"})
 

@@ -29,6 +29,34 @@ def test_client_errors_are_permanent(status: int) -> None:
     assert not failure.transient and not failure.ambiguous
 
 
+@pytest.mark.parametrize("status", [401, 402, 403])
+def test_a_refused_token_billing_or_access_is_the_accounts_trouble(status: int) -> None:
+    failure = classify_failure(ReplicateError(status=status, detail="no"))
+    assert failure.account and not failure.service_trouble
+
+
+@pytest.mark.parametrize("status", [404, 422, 429, 500])
+def test_other_answers_are_not_the_accounts_trouble(status: int) -> None:
+    assert not classify_failure(ReplicateError(status=status, detail="no")).account
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ReplicateError(status=500, detail="x"),
+        ReplicateError(status=503, detail="x"),
+        httpx.ConnectError("no"),
+    ],
+)
+def test_server_errors_and_missing_answers_are_service_trouble(exc: Exception) -> None:
+    assert classify_failure(exc).service_trouble
+
+
+@pytest.mark.parametrize("exc", [ReplicateError(status=429, detail="slow down"), ValueError("a bug")])
+def test_throttling_and_our_own_errors_are_not_service_trouble(exc: Exception) -> None:
+    assert not classify_failure(exc).service_trouble
+
+
 def test_a_refused_connection_is_transient_and_certainly_did_nothing() -> None:
     failure = classify_failure(httpx.ConnectError("refused"))
     assert failure.transient and not failure.ambiguous

@@ -11,18 +11,34 @@ import pytest
 import replicate
 
 from ai_pipeline.catalogue import ModelSpec
-from ai_pipeline.dev.emulator import IMAGE_MODEL_VERSION, run_emulator
+from ai_pipeline.dev.emulator import (
+    CAPTION_MODEL_VERSION,
+    IMAGE_DEPLOYMENT,
+    IMAGE_MODEL,
+    IMAGE_MODEL_VERSION,
+    IMAGES_MODEL,
+    TEXT_MODEL,
+    run_emulator,
+)
 from ai_pipeline.dev.emulator.server import InProcessEmulator
 from ai_pipeline.replicate.reconcile import (
     ListingIncomplete,
     Lookup,
     UnrecordedPredictions,
     client_pages,
+    made_for,
     scan,
 )
 
 SPEC = ModelSpec("image", 1, replicate_version=IMAGE_MODEL_VERSION)
 OTHER_VERSION = ModelSpec("image-old", 1, replicate_version="0" * 64)
+BY_MODEL_AND_VERSION = ModelSpec(
+    "image-named", 1, replicate_model=IMAGE_MODEL, replicate_version=IMAGE_MODEL_VERSION
+)
+CAPTION = ModelSpec("caption", 1, replicate_version=CAPTION_MODEL_VERSION)
+OFFICIAL_IMAGES = ModelSpec("images", 2, replicate_model=IMAGES_MODEL)
+OFFICIAL_TEXT = ModelSpec("text", 1, replicate_model=TEXT_MODEL)
+DEPLOYMENT = ModelSpec("deployed", 1, replicate_deployment=IMAGE_DEPLOYMENT)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +150,69 @@ def test_a_failed_scan_fails_every_lookup_it_carried(client: replicate.Client) -
 
     results = asyncio.run(ask_two())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def _found(client: replicate.Client, lookups: list[Lookup]) -> list[str | None]:
+    return [a.id if a else None for a in asyncio.run(scan(client_pages(client), lookups))]
+
+
+def test_the_lookup_ignores_another_official_models_prediction_with_the_same_input(
+    client: replicate.Client,
+) -> None:
+    intent = datetime.now(UTC)
+    text = client.models.predictions.create(model=TEXT_MODEL, input={"prompt": "same words"}).id
+    images = client.models.predictions.create(model=IMAGES_MODEL, input={"prompt": "same words"}).id
+
+    assert _found(
+        client,
+        [
+            _lookup("same words", intent, spec=OFFICIAL_IMAGES),
+            _lookup("same words", intent + timedelta(microseconds=1), spec=OFFICIAL_IMAGES),
+            _lookup("same words", intent, spec=OFFICIAL_TEXT),
+        ],
+    ) == [images, None, text]
+
+
+def test_the_lookup_ignores_another_versions_prediction_with_the_same_input(client: replicate.Client) -> None:
+    intent = datetime.now(UTC)
+    caption = client.predictions.create(version=CAPTION_MODEL_VERSION, input={"prompt": "same"}).id
+
+    assert _found(
+        client,
+        [
+            _lookup("same", intent, spec=SPEC),
+            _lookup("same", intent, spec=BY_MODEL_AND_VERSION),
+            _lookup("same", intent, spec=CAPTION),
+        ],
+    ) == [None, None, caption]
+
+
+def test_a_deployments_prediction_and_its_models_are_told_apart(client: replicate.Client) -> None:
+    intent = datetime.now(UTC)
+    direct = _create(client, "deployed or not")  # same model, version and input: the older of the two
+    deployed = client.deployments.predictions.create(IMAGE_DEPLOYMENT, input={"prompt": "deployed or not"}).id
+
+    assert _found(
+        client,
+        [
+            _lookup("deployed or not", intent, spec=DEPLOYMENT),
+            _lookup("deployed or not", intent, spec=SPEC),
+            _lookup("deployed or not", intent + timedelta(microseconds=1), spec=SPEC),
+        ],
+    ) == [deployed, direct, None]
+
+
+def test_a_prediction_started_on_the_website_is_never_taken() -> None:
+    listed = {"id": "x", "model": IMAGE_MODEL, "version": IMAGE_MODEL_VERSION, "deployment": None}
+
+    assert made_for(SPEC, {**listed, "source": "api"})
+    assert not made_for(SPEC, {**listed, "source": "web"})
+
+
+def test_a_listing_without_a_deployment_field_matches_a_deployment_on_input_and_time_alone() -> None:
+    """What else could it do: the model and version a deployment reports are its release's."""
+    listed = {"id": "x", "model": IMAGE_MODEL, "version": IMAGE_MODEL_VERSION, "source": "api"}
+
+    assert made_for(DEPLOYMENT, listed)
+    assert made_for(SPEC, listed)
+    assert not made_for(DEPLOYMENT, {**listed, "deployment": None})

@@ -90,7 +90,10 @@ class ChaosScenario:
             "AI_PIPELINE_RETRY_BACKOFF_SECONDS": "5",
             "AI_PIPELINE_SYNC_WAIT_SECONDS": "5",
             "AI_PIPELINE_CREATES_PER_MINUTE": "3000",
-            "AI_PIPELINE_MAX_IN_FLIGHT": "50",
+            # 50 per run as before the caps held across runs; with more than two batches the shared
+            # cap binds, so killed workers' slots must come back too.
+            "AI_PIPELINE_MAX_IN_FLIGHT": "100",
+            "AI_PIPELINE_RUN_MAX_IN_FLIGHT": "50",
         }
     )
 

@@ -115,7 +115,10 @@ class EmulatorApi:
         model = find_version(version)
         if model is None:
             raise ProblemError(422, *INVALID_VERSION)
-        return await self._create(request, body, model, deployment=None)
+        by_name = version == model.ref  # an official model named instead of a version
+        return await self._create(
+            request, body, model, deployment=None, version=model.served_version if by_name else None
+        )
 
     async def create_model_prediction(self, request: Request) -> Response:
         """``POST /v1/models/{owner}/{name}/predictions``: run an official model by name."""
@@ -123,7 +126,8 @@ class EmulatorApi:
         model = BUILTIN_MODELS.get(ref)
         if model is None or not model.official:
             raise ProblemError(404, *NOT_FOUND)
-        return await self._create(request, await _json_object(request), model, deployment=None)
+        body = await _json_object(request)
+        return await self._create(request, body, model, deployment=None, version=model.served_version)
 
     async def create_deployment_prediction(self, request: Request) -> Response:
         """``POST /v1/deployments/{owner}/{name}/predictions``: run a deployment."""
@@ -134,7 +138,12 @@ class EmulatorApi:
         return await self._create(request, await _json_object(request), deployment.model, deployment=ref)
 
     async def _create(
-        self, request: Request, body: dict[str, Any], model: BuiltinModel, deployment: str | None
+        self,
+        request: Request,
+        body: dict[str, Any],
+        model: BuiltinModel,
+        deployment: str | None,
+        version: str | None = None,
     ) -> Response:
         service = self.service
         if "input" not in body:
@@ -152,6 +161,7 @@ class EmulatorApi:
             given_input,
             base_url=base_url,
             deployment=deployment,
+            version=version,
             webhook=webhook,
             webhook_events=events,
             webhook_completed=webhook_completed,

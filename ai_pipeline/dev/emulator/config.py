@@ -49,6 +49,12 @@ class EmulatorConfig:
     token: str | None = _knob(
         None, "Require this exact bearer token (default: any non-empty token is accepted).", "str?"
     )
+    billing_required: bool = _knob(
+        False,
+        "Answer every prediction create 402 'billing required', as Replicate does for an account whose"
+        " billing stopped (other calls still work).",
+        "bool",
+    )
     public_url: str | None = _knob(
         None,
         "Root URL used in returned links and output file URLs (default: the request's own base URL).",

@@ -1,5 +1,5 @@
 """Everything that happens to a request before it reaches a route: counting, the bearer-token check,
-rate limits, injected HTTP faults, dropped connections, and slow or failing downloads.
+billing, rate limits, injected HTTP faults, dropped connections, and slow or failing downloads.
 
 A pure ASGI layer (no per-request objects beyond a closure) so it costs microseconds per request.
 
@@ -19,6 +19,7 @@ from typing import Any
 from ai_pipeline.dev.emulator.config import API_KINDS
 from ai_pipeline.dev.emulator.faults import DROP, SLOW
 from ai_pipeline.dev.emulator.problems import (
+    BILLING_REQUIRED,
     PROBLEM_CONTENT_TYPE,
     UNAUTHENTICATED,
     injected_error,
@@ -106,6 +107,10 @@ class Gateway:
                 stats.responses_401 += 1
                 return await self._answer(
                     send, 401, problem_body(401, *UNAUTHENTICATED), PROBLEM_CONTENT_TYPE
+                )
+            if kind == "create" and config.billing_required:
+                return await self._answer(
+                    send, 402, problem_body(402, *BILLING_REQUIRED), PROBLEM_CONTENT_TYPE
                 )
             if config.rate_limits_enabled:
                 decision = service.limiter.take(

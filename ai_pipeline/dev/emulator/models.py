@@ -8,6 +8,7 @@ what its output looks like part-way through and at the end, and which files it s
 from __future__ import annotations
 
 import functools
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ class BuiltinModel(ABC):
     def ref(self) -> str:
         """``owner/name``."""
         return f"{self.owner}/{self.name}"
+
+    @property
+    def served_version(self) -> str:
+        """The ``version`` a prediction reports when it was created by model name (an official model):
+        not the model's listed version id, as Replicate answers (it serves official models from its own
+        deployments, and names those)."""
+        return "dp-" + hashlib.sha256(self.ref.encode()).hexdigest()[:32]
 
     def effective_input(self, given: dict[str, Any]) -> dict[str, Any]:
         """The input with schema defaults filled in (what the model actually runs with)."""

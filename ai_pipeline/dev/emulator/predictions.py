@@ -68,6 +68,7 @@ class Prediction:
     webhook_completed: str | None = None
     canceled_at: float | None = None
     changed: asyncio.Event | None = None  # made on demand; set when a cancel changes the plan
+    version: str | None = None  # reported instead of the model's version id (official models by name)
 
     def status_at(self, now: float) -> str:
         """The status at time ``now``."""
@@ -191,7 +192,7 @@ class Prediction:
         return {
             "id": self.id,
             "model": self.model.ref,
-            "version": self.model.version_id,
+            "version": self.version or self.model.version_id,
             "input": given_input,
             "logs": logs,
             "output": output,

@@ -18,6 +18,11 @@ INVALID_VERSION = (
     "The specified version does not exist (or perhaps you don't have permission to use it?)",
 )
 NOT_FOUND = ("Not found", "The requested resource could not be found.")
+BILLING_REQUIRED = (
+    "Billing required",
+    "You have reached the free time limit. To continue using Replicate, set up billing at"
+    " https://replicate.com/account/billing#billing.",
+)
 
 # Gateway errors come from the edge proxy as HTML, not from the API.
 _GATEWAY_HTML = (

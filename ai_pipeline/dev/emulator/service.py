@@ -99,11 +99,13 @@ class EmulatorService:
         *,
         base_url: str,
         deployment: str | None = None,
+        version: str | None = None,
         webhook: str | None = None,
         webhook_events: frozenset[str] = DEFAULT_WEBHOOK_EVENTS,
         webhook_completed: str | None = None,
     ) -> Prediction:
-        """Create a prediction with validated input and plan its whole life."""
+        """Create a prediction with validated input and plan its whole life; it reports `version`
+        (default: the model's version id)."""
         now = time.time()
         plan = self.injector.plan_run(self.config, str(given_input.get("prompt", "")))
         if plan.failure is not None and plan.failure.phase == "starting":
@@ -129,6 +131,7 @@ class EmulatorService:
             webhook=webhook,
             webhook_events=webhook_events,
             webhook_completed=webhook_completed,
+            version=version,
         )
         self.store.add(prediction)
         self.stats.record_create(model.ref, given_input)

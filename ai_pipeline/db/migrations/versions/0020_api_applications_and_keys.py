@@ -14,14 +14,14 @@
 - `batch_refusals`: rows refused when a batch was uploaded through the API (its errors file).
 
 Revision ID: 0020
-Revises: 0005
+Revises: 0013
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0020"
-down_revision = "0005"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
